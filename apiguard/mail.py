@@ -1,0 +1,270 @@
+"""The parsed message and its envelope: pure value types built from raw bytes.
+
+`parse_message` never raises: whatever the input, it returns a `ParsedMessage`
+whose `defects` say what was wrong, so that the `mime.malformed` rule can judge.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.message
+import email.parser
+import email.policy
+import html
+import re
+from dataclasses import dataclass, field
+
+# Charsets tried, in order, when the declared one is absent or does not decode.
+_FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
+_UTF8_NAMES = {"utf-8", "utf8", "utf_8"}
+# Defects that mean the structure cannot be trusted (others are cosmetic).
+SEVERE_DEFECTS = frozenset(
+    {
+        "NoHeaders",
+        "BinaryGarbage",
+        "NoBoundaryInMultipartDefect",
+        "StartBoundaryNotFoundDefect",
+        "CloseBoundaryNotFoundDefect",
+        "MultipartInvariantViolationDefect",
+        "ParseFailure",
+    }
+)
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope: reverse-path (empty for notifications) and recipients."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+
+    @property
+    def is_notification(self) -> bool:
+        return self.mail_from in ("", "<>")
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One non-body MIME leaf: a file the sender attached."""
+
+    filename: str | None
+    declared_type: str
+    content: bytes
+    part_path: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+    @property
+    def extension(self) -> str:
+        if not self.filename or "." not in self.filename:
+            return ""
+        return self.filename.rsplit(".", 1)[1].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the charter reads: decoded headers, body text, attachments, defects."""
+
+    headers: tuple[tuple[str, str], ...]
+    text: str
+    attachments: tuple[Attachment, ...]
+    defects: tuple[str, ...]
+    size: int
+    html_only: bool = False
+    text_charsets: tuple[str, ...] = field(default=())
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name, decoded, or None."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k.lower() == wanted), None)
+
+    def header_all(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [v for k, v in self.headers if k.lower() == wanted]
+
+    @property
+    def subject(self) -> str:
+        return self.header("Subject") or ""
+
+    @property
+    def severe_defects(self) -> tuple[str, ...]:
+        return tuple(d for d in self.defects if d in SEVERE_DEFECTS)
+
+
+def normalise_newlines(text: str) -> str:
+    """CRLF and CR-only line ends become LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def decode_text(payload: bytes, declared: str | None) -> tuple[str, str]:
+    """Decode body bytes: valid UTF-8 first when it is multibyte, then the MIME
+    charset, then Windows-1252, then Latin-1 (which never fails).
+
+    Returns the text (line ends normalised) and the charset used.
+    """
+    declared_name = (declared or "").strip().lower()
+    candidates: list[str] = []
+    if payload.isascii():
+        candidates.append("ascii")
+    elif declared_name not in _UTF8_NAMES:
+        # Mislabelled UTF-8 is common (APICRYPT v2 software declaring Latin-1):
+        # a valid multibyte UTF-8 sequence is almost never intended Latin-1.
+        candidates.append("utf-8")
+    if declared_name:
+        candidates.append(declared_name)
+    candidates.extend(_FALLBACK_CHARSETS)
+    for charset in candidates:
+        try:
+            return normalise_newlines(payload.decode(charset)), charset
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return normalise_newlines(payload.decode("latin-1")), "latin-1"  # pragma: no cover
+
+
+def decode_header_value(raw: str) -> str:
+    """RFC 2047 decoding that tolerates broken encoded words and raw 8-bit."""
+    try:
+        parts = email.header.decode_header(raw)
+    except Exception:  # noqa: BLE001 - any broken header stays as it came
+        return _unfold(raw)
+    out: list[str] = []
+    for chunk, charset in parts:
+        if isinstance(chunk, bytes):
+            out.append(decode_text(chunk, charset)[0])
+        else:
+            out.append(chunk)
+    return _unfold("".join(out))
+
+
+def _unfold(value: str) -> str:
+    value = value.replace("\udcff", "")
+    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
+
+
+def html_to_text(markup: str) -> str:
+    """A small, safe HTML-to-text reduction for rules (never for display)."""
+    markup = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", markup)
+    markup = re.sub(r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</tr\s*>|</li\s*>|</h\d\s*>", "\n", markup)
+    markup = re.sub(r"(?s)<[^>]*>", " ", markup)
+    text = html.unescape(markup)
+    text = re.sub(r"[ \t\f\v]+", " ", text)
+    return re.sub(r"\n\s*\n+", "\n\n", text).strip()
+
+
+def _raw_header_block(raw: bytes) -> bytes:
+    for sep in (b"\r\n\r\n", b"\n\n", b"\r\r"):
+        index = raw.find(sep)
+        if index != -1:
+            return raw[:index]
+    return raw
+
+
+def _looks_like_garbage(raw: bytes) -> bool:
+    sample = raw[:65536]
+    if not sample:
+        return False
+    controls = sum(1 for b in sample if b < 9 or 13 < b < 32 or b == 127)
+    return b"\x00" in sample[:4096] or controls / len(sample) > 0.05
+
+
+def _filename(part: email.message.Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001
+        return None
+    if name is None:
+        return None
+    return decode_header_value(str(name)) or None
+
+
+def _payload_bytes(part: email.message.Message) -> bytes:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001
+        payload = None
+    if isinstance(payload, bytes):
+        return payload
+    raw = part.get_payload()
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogateescape")
+    return b""
+
+
+def _is_attachment(part: email.message.Message, content_type: str) -> bool:
+    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    if disposition == "attachment":
+        return True
+    if _filename(part):
+        return True
+    return not content_type.startswith("text/")
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw RFC 5322 bytes. Never raises; defects describe bad input."""
+    try:
+        return _parse(raw)
+    except Exception as error:  # noqa: BLE001 - bad input must become data
+        return ParsedMessage(
+            headers=(),
+            text="",
+            attachments=(),
+            defects=("ParseFailure", type(error).__name__),
+            size=len(raw),
+        )
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    defects: list[str] = []
+    header_block = _raw_header_block(raw)
+    first_line = re.split(rb"\r\n|\r|\n", header_block, maxsplit=1)[0]
+    if not _HEADER_LINE.match(first_line):
+        defects.append("NoHeaders")
+    if _looks_like_garbage(raw):
+        defects.append("BinaryGarbage")
+
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    headers: list[tuple[str, str]] = []
+    for name, value in message.items():
+        headers.append((str(name), decode_header_value(str(value))))
+    if not headers and "NoHeaders" not in defects:
+        defects.append("NoHeaders")
+
+    texts: list[str] = []
+    html_texts: list[str] = []
+    charsets: list[str] = []
+    attachments: list[Attachment] = []
+    for index, part in enumerate(message.walk()):
+        defects.extend(type(d).__name__ for d in getattr(part, "defects", ()))
+        if part.is_multipart():
+            continue
+        content_type = (part.get_content_type() or "text/plain").lower()
+        if content_type == "message/rfc822" or _is_attachment(part, content_type):
+            attachments.append(
+                Attachment(
+                    filename=_filename(part),
+                    declared_type=content_type,
+                    content=_payload_bytes(part),
+                    part_path=str(index),
+                )
+            )
+            continue
+        text, charset = decode_text(_payload_bytes(part), part.get_content_charset())
+        charsets.append(charset)
+        if content_type == "text/html":
+            html_texts.append(html_to_text(text))
+        else:
+            texts.append(text)
+    html_only = not texts and bool(html_texts)
+    body = "\n".join(texts) if texts else "\n".join(html_texts)
+    return ParsedMessage(
+        headers=tuple(headers),
+        text=body,
+        attachments=tuple(attachments),
+        defects=tuple(dict.fromkeys(defects)),
+        size=len(raw),
+        html_only=html_only,
+        text_charsets=tuple(charsets),
+    )

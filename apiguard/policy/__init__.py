@@ -1,0 +1,1 @@
+"""The pure charter: rules, findings and the decision. No I/O here."""

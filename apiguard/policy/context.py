@@ -1,0 +1,64 @@
+"""What a rule sees: the envelope, the parsed message and facts derived from it.
+
+Derived facts (HPRIM records, patient identity, attachment analysis) are
+computed once, lazily, by pure modules, and shared by every rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from apiguard.mail import Envelope, ParsedMessage
+
+if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CharterContext:
+    """Charter-wide settings the rules share (domains, the clock)."""
+
+    allowed_recipient_domains: tuple[str, ...] = ("apicrypt.org", "mssante.fr")
+    allowed_sender_domains: tuple[str, ...] = ()
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The correspondents directory (apiguard.correspondents), loaded by app.py.
+    directory: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientContext:
+    """One RCPT TO, judged before the message is received."""
+
+    mail_from: str
+    recipient: str
+    accepted_so_far: tuple[str, ...]
+    charter: CharterContext
+
+
+class MessageContext:
+    """One whole message, judged after DATA (or by `apiguard check`)."""
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        message: ParsedMessage,
+        charter: CharterContext | None = None,
+    ) -> None:
+        self.envelope = envelope
+        self.message = message
+        self.charter = charter or CharterContext()
+
+    @cached_property
+    def is_notification(self) -> bool:
+        return self.envelope.is_notification
+
+    def skip_reason(self, rule_id: str) -> str | None:
+        """Why a rule cannot judge this message (None: it can).
+
+        Content rules cannot read a body that is already APICRYPT-encrypted.
+        """
+        return None

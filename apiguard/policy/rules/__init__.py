@@ -1,0 +1,1 @@
+"""Charter rules, one module per article or concern; each module exports RULES."""

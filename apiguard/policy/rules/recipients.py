@@ -1,0 +1,97 @@
+"""Envelope rules: recipient address syntax and domain, sender domain."""
+
+from __future__ import annotations
+
+import re
+
+from apiguard.policy.context import MessageContext, RecipientContext
+from apiguard.policy.rule import Rule, Scope
+from apiguard.policy.verdict import Action, Finding
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL = rf"{_ATOM}(?:\.{_ATOM})*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})+"
+_ADDRESS = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
+
+
+def is_valid_address(address: str) -> bool:
+    """A dot-atom address with a dotted domain, at most 254 characters."""
+    return len(address) <= 254 and bool(_ADDRESS.match(address))
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def domain_allowed(address: str, allowed: tuple[str, ...]) -> bool:
+    """The address's domain is one of `allowed` or a subdomain of one."""
+    domain = domain_of(address)
+    return any(domain == a.lower() or domain.endswith("." + a.lower()) for a in allowed)
+
+
+class RecipientSyntax(Rule):
+    """`recipient.syntax`: the recipient is not a valid e-mail address."""
+
+    id = "recipient.syntax"
+    article = None
+    default_action = Action.REJECT
+    scope = Scope.RECIPIENT
+
+    def check_recipient(self, ctx: RecipientContext) -> Finding | None:
+        if is_valid_address(ctx.recipient):
+            return None
+        return self.finding(
+            "adresse du destinataire invalide",
+            "invalid recipient address",
+            "Vérifiez l'adresse du correspondant (forme nom@domaine, sans espace).",
+            "Check the correspondent's address (name@domain, no spaces).",
+            recipient=ctx.recipient,
+        )
+
+
+class RecipientDomain(Rule):
+    """`recipient.domain`: the recipient is outside the secure messaging domains."""
+
+    id = "recipient.domain"
+    article = None
+    default_action = Action.REJECT
+    scope = Scope.RECIPIENT
+
+    def check_recipient(self, ctx: RecipientContext) -> Finding | None:
+        if not is_valid_address(ctx.recipient):
+            return None  # recipient.syntax speaks for it
+        if domain_allowed(ctx.recipient, ctx.charter.allowed_recipient_domains):
+            return None
+        return self.finding(
+            "destinataire hors messagerie sécurisée de santé",
+            "recipient outside the secure health messaging domains",
+            "N'envoyez des données de patients qu'à des adresses de messagerie sécurisée "
+            "(APICRYPT, MSSanté). Vérifiez l'adresse du correspondant.",
+            "Only send patient data to secure messaging addresses (APICRYPT, MSSanté). "
+            "Check the correspondent's address.",
+            recipient=ctx.recipient,
+        )
+
+
+class SenderDomain(Rule):
+    """`sender.domain`: the envelope sender is outside the allowed senders."""
+
+    id = "sender.domain"
+    article = None
+    default_action = Action.REJECT
+
+    def check(self, ctx: MessageContext) -> Finding | None:
+        allowed = ctx.charter.allowed_sender_domains
+        sender = ctx.envelope.mail_from
+        if not allowed or ctx.is_notification or domain_allowed(sender, allowed):
+            return None
+        return self.finding(
+            "expéditeur non autorisé sur ce relais",
+            "sender not allowed through this relay",
+            "Envoyez depuis l'adresse de messagerie sécurisée du cabinet.",
+            "Send from the practice's secure messaging address.",
+        )
+
+
+RULES: list[type[Rule]] = [RecipientSyntax, RecipientDomain, SenderDomain]
