@@ -1,0 +1,286 @@
+"""The commands: serve, check, review."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from apiguard import __version__
+from apiguard.config import ConfigError, Settings, load_settings
+from apiguard.mail import Envelope, ParsedMessage, parse_message
+from apiguard.policy.charter import CharterConfigError
+from apiguard.policy.verdict import Decision, Finding, Verdict, decide
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable input: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="apiguard", description="APICRYPT charter SMTP proxy")
+    parser.add_argument("--version", action="version", version=f"apiguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="TOML configuration file")
+
+    check = commands.add_parser("check", help="dry-run the charter on one message")
+    check.add_argument("--config")
+    check.add_argument("--from", dest="mail_from")
+    check.add_argument("--to", dest="rcpt_to", action="append", default=[])
+    check.add_argument("--json", action="store_true")
+    check.add_argument("file", help="an RFC 5322 message, or - for standard input")
+
+    review = commands.add_parser("review", help="the quarantine of held messages")
+    review.add_argument("--config")
+    actions = review.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list held messages")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=100)
+    for name in ("show", "release", "reject"):
+        sub = actions.add_parser(name)
+        sub.add_argument("id")
+        sub.add_argument("--json", action="store_true")
+        if name != "show":
+            sub.add_argument("--comment", default="")
+            sub.add_argument("--actor", default="cli")
+    return parser
+
+
+def _settings(path: str | None) -> Settings:
+    return load_settings(path)
+
+
+# -- check ---------------------------------------------------------------------
+
+
+def _addresses(values: list[str]) -> list[str]:
+    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+
+
+def check_message(
+    settings: Settings, raw: bytes, mail_from: str | None, rcpt_to: list[str]
+) -> dict[str, Any]:
+    """Run the whole charter on one message, as the proxy would, without storing it."""
+    from apiguard.app import build_charter
+    from apiguard.pipeline import evaluate
+
+    charter = build_charter(settings)
+    parsed: ParsedMessage = parse_message(raw)
+    sender = mail_from
+    if sender is None:
+        senders = _addresses(parsed.header_all("From"))
+        sender = senders[0] if senders else ""
+    recipients = rcpt_to or _addresses(parsed.header_all("To") + parsed.header_all("Cc"))
+    refused: list[str] = []
+    recipient_findings: list[Finding] = []
+    accepted: list[str] = []
+    for rcpt in recipients:
+        hits = charter.check_recipient(sender, rcpt, accepted)
+        if any(f.action.value == "reject" for f in hits):
+            refused.append(rcpt)
+            recipient_findings.extend(hits)
+        else:
+            accepted.append(rcpt)
+    _, decision = evaluate(charter, Envelope(sender, tuple(accepted)), raw, datetime.now(UTC))
+    findings = recipient_findings + list(decision.findings)
+    verdict = (
+        Verdict.REJECT
+        if recipients and not accepted
+        else decide([f for f in decision.findings])
+    )
+    result: dict[str, Any] = {
+        "verdict": verdict.value,
+        "findings": [f.to_json() for f in findings],
+        "checked": list(dict.fromkeys(decision.checked)),
+        "skipped": list(decision.skipped),
+        "refused_recipients": refused,
+    }
+    result.update(_extra_facts(decision))
+    return result
+
+
+def _extra_facts(decision: Decision) -> dict[str, Any]:
+    facts = getattr(decision, "facts", None)
+    return dict(facts) if isinstance(facts, dict) else {}
+
+
+def _print_check(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    print(f"verdict: {result['verdict']}")
+    for finding in result["findings"]:
+        article = f"Art. {finding['article']}" if finding["article"] else "-"
+        who = f" [{finding['recipient']}]" if "recipient" in finding else ""
+        print(f"  {finding['action']:6} {finding['rule']} ({article}){who}: {finding['message']}")
+    print(f"checked: {', '.join(result['checked'])}")
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a directory") from None
+    except PermissionError:
+        raise UsageError(f"{name}: permission denied") from None
+    except OSError as error:
+        raise UsageError(f"{name}: {error.strerror}") from None
+
+
+# -- review --------------------------------------------------------------------
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "created_at": datetime.fromtimestamp(message.created_at, UTC).isoformat(),
+        "state": message.state.value,
+        "verdict": message.verdict,
+        "mail_from": message.mail_from,
+        "size": message.size,
+        "recipients": [
+            {"address": r.rcpt, "state": r.state.value, "attempts": r.attempts,
+             "last_reply": r.last_reply}
+            for r in message.recipients
+        ],
+        "findings": [f.to_json() for f in message.findings],
+        "audit": [
+            {"at": datetime.fromtimestamp(a.at, UTC).isoformat(), "actor": a.actor,
+             "action": a.action, "comment": a.comment}
+            for a in message.audit
+        ],
+    }
+
+
+def _review(args: argparse.Namespace) -> int:
+    from apiguard.notices import NoticeIdentity
+    from apiguard.review.service import ReviewOutcome, ReviewService
+    from apiguard.store.sqlite import SqliteStore
+
+    settings = _settings(args.config)
+    database = settings.storage.path / "apiguard.sqlite3"
+    if not database.exists():
+        raise UsageError(f"{database}: no store here (has `apiguard serve` run?)")
+    store = SqliteStore(settings.storage.path)
+    service = ReviewService(
+        store,
+        NoticeIdentity(settings.notices.from_address, settings.notices.from_name,
+                       settings.smtp.hostname),
+    )
+    try:
+        if args.action == "list":
+            held = service.list_held(limit=args.limit)
+            if args.json:
+                print(json.dumps([_message_json(m) for m in held], ensure_ascii=False))
+            elif not held:
+                print("Aucun message en attente de relecture. / No message held for review.")
+            else:
+                for m in held:
+                    when = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+                    rules = ",".join(f.rule for f in m.findings)
+                    print(f"{m.id}  {when}  {m.mail_from}  {len(m.recipients)} dest.  {rules}")
+            return EXIT_OK
+        if args.action == "show":
+            shown = service.show(args.id)
+            if shown is None:
+                print(f"{args.id}: message inconnu / unknown message", file=sys.stderr)
+                return EXIT_ERROR
+            message, raw = shown
+            if args.json:
+                print(json.dumps(_message_json(message), ensure_ascii=False))
+            else:
+                data = _message_json(message)
+                print(json.dumps(data, ensure_ascii=False, indent=2))
+                if raw is not None:
+                    print("-" * 60)
+                    print(parse_message(raw).text)
+            return EXIT_OK
+        if args.action == "release":
+            result = service.release(args.id, args.actor, args.comment)
+        else:
+            result = service.reject(args.id, args.actor, args.comment)
+        if args.json:
+            print(json.dumps({"id": result.message_id, "outcome": result.outcome.value,
+                              "state": result.state}))
+        elif result.outcome is ReviewOutcome.DONE:
+            verb = "libéré / released" if args.action == "release" else "refusé / rejected"
+            print(f"{result.message_id}: {verb}")
+        elif result.outcome is ReviewOutcome.NOT_FOUND:
+            print(f"{args.id}: message inconnu / unknown message", file=sys.stderr)
+        else:
+            print(f"{args.id}: ce message n'est pas en attente ({result.state}) / "
+                  f"this message is not held", file=sys.stderr)
+        return EXIT_OK if result.outcome is ReviewOutcome.DONE else EXIT_ERROR
+    finally:
+        store.close()
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from apiguard.app import Application
+    from apiguard.logs import configure_logging
+
+    settings = _settings(args.config)
+    configure_logging(settings.logging.format, settings.logging.level)
+
+    async def run() -> None:
+        app = Application(settings)
+        await app.serve_until_signalled()
+
+    try:
+        asyncio.run(run())
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {settings.smtp.host}:{settings.smtp.port}: "
+                          f"{error.strerror or error}") from None
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check":
+            settings = _settings(args.config)
+            raw = _read_input(args.file)
+            result = check_message(settings, raw, args.mail_from, args.rcpt_to)
+            _print_check(result, args.json)
+            return EXIT_OK
+        if args.command == "review":
+            return _review(args)
+    except UsageError as error:
+        print(f"apiguard: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, CharterConfigError) as error:
+        print(f"apiguard: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

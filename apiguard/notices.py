@@ -1,0 +1,330 @@
+"""Notices to the sender: RFC 3464 multipart/report messages, French first and
+English second, carrying the original identification headers but never the body
+(nor the subject, which may name a patient and is not encrypted by APICRYPT).
+"""
+
+from __future__ import annotations
+
+import email.charset
+import email.message
+import email.utils
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.mime.text import MIMEText
+
+from apiguard.mail import decode_text
+from apiguard.policy.verdict import Finding
+
+# Headers copied into text/rfc822-headers: identification only. Subject and any
+# header that could carry patient data stay out.
+SAFE_HEADERS = (
+    "message-id",
+    "date",
+    "from",
+    "sender",
+    "to",
+    "cc",
+    "in-reply-to",
+    "references",
+    "x-mailer",
+    "user-agent",
+    "mime-version",
+)
+_QP_UTF8 = email.charset.Charset("utf-8")
+_QP_UTF8.body_encoding = email.charset.QP
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecipient:
+    """One recipient a delivery-status report speaks about."""
+
+    rcpt: str
+    action: str  # "failed" or "delayed"
+    status: str  # e.g. "5.1.1"
+    diagnostic: str  # e.g. "smtp; 550 5.1.1 unknown user"
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeIdentity:
+    """Who notices come from."""
+
+    from_address: str = "postmaster@apiguard.localhost"
+    from_name: str = "apiguard"
+    reporting_mta: str = "apiguard.localhost"
+
+
+def safe_headers(raw: bytes) -> str:
+    """The identification headers of a raw message, unfolded, one per line."""
+    head = re.split(rb"\r\n\r\n|\n\n|\r\r", raw, maxsplit=1)[0][:65536]
+    text, _ = decode_text(head, None)
+    lines: list[str] = []
+    current: list[str] = []
+    for line in text.split("\n"):
+        if line[:1] in (" ", "\t") and current:
+            current.append(line.strip())
+            continue
+        if current:
+            lines.append(" ".join(current))
+        current = [line]
+    if current:
+        lines.append(" ".join(current))
+    kept = []
+    for line in lines:
+        name, sep, _ = line.partition(":")
+        if sep and name.strip().lower() in SAFE_HEADERS:
+            kept.append(line[:998])
+    return "\n".join(kept) + "\n"
+
+
+def _findings_text(findings: Sequence[Finding], french: bool) -> str:
+    out = []
+    for finding in findings:
+        article = (
+            (f"Article {finding.article}" if french else f"Article {finding.article}")
+            if finding.article
+            else ("hors article" if french else "no article")
+        )
+        who = f" [{finding.recipient}]" if finding.recipient else ""
+        message = finding.message_fr if french else finding.message_en
+        fix = finding.fix_fr if french else finding.fix_en
+        out.append(f" - {finding.rule} ({article}){who} : {message}")
+        if fix:
+            out.append(f"   {'Que faire' if french else 'What to do'} : {fix}")
+    return "\n".join(out)
+
+
+def _dsn_blocks(
+    identity: NoticeIdentity, arrival: float, recipients: Iterable[FailedRecipient]
+) -> list[email.message.Message]:
+    per_message = email.message.Message()
+    per_message["Reporting-MTA"] = f"dns; {identity.reporting_mta}"
+    per_message["Arrival-Date"] = email.utils.formatdate(arrival, localtime=False)
+    blocks = [per_message]
+    for recipient in recipients:
+        block = email.message.Message()
+        block["Final-Recipient"] = f"rfc822; {recipient.rcpt}"
+        block["Action"] = recipient.action
+        block["Status"] = recipient.status
+        block["Diagnostic-Code"] = recipient.diagnostic[:900]
+        blocks.append(block)
+    return blocks
+
+
+def build_report(
+    *,
+    identity: NoticeIdentity,
+    to: str,
+    subject: str,
+    text_fr: str,
+    text_en: str,
+    original_raw: bytes,
+    arrival: float,
+    recipients: Sequence[FailedRecipient],
+) -> bytes:
+    """A multipart/report; report-type=delivery-status message, as bytes."""
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = email.utils.formataddr((identity.from_name, identity.from_address))
+    report["To"] = to
+    report["Subject"] = subject
+    report["Date"] = email.utils.formatdate(localtime=False)
+    domain = identity.from_address.rpartition("@")[2] or "apiguard.localhost"
+    report["Message-ID"] = f"<{secrets.token_hex(12)}@{domain}>"
+    report["Auto-Submitted"] = "auto-replied"
+    report["Content-Language"] = "fr, en"
+    separator = "\n\n" + "-" * 20 + " English version " + "-" * 20 + "\n\n"
+    human = MIMEText(text_fr.strip() + separator + text_en.strip() + "\n", "plain", _QP_UTF8)
+    report.attach(human)
+    status = MIMENonMultipart("message", "delivery-status")
+    status.set_payload(_dsn_blocks(identity, arrival, recipients))  # type: ignore[arg-type]
+    report.attach(status)
+    headers = MIMEText(safe_headers(original_raw), "rfc822-headers", _QP_UTF8)
+    report.attach(headers)
+    return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%d/%m/%Y %H:%M UTC")
+
+
+def reject_notice(
+    *,
+    identity: NoticeIdentity,
+    message_id: str,
+    sender: str,
+    recipients: Sequence[str],
+    findings: Sequence[Finding],
+    original_raw: bytes,
+    arrival: float,
+    by_reviewer: bool = False,
+    expired: bool = False,
+    comment: str = "",
+) -> bytes:
+    """Explains why a message was refused and how to fix it."""
+    blocking = [f for f in findings if f.action.value in ("reject", "hold")] or list(findings)
+    if expired:
+        why_fr = (
+            "Il était en attente de relecture et personne ne l'a libéré dans le délai prévu : "
+            "il a été refusé automatiquement."
+        )
+        why_en = (
+            "It was waiting for review and nobody released it in time: it was refused "
+            "automatically."
+        )
+    elif by_reviewer:
+        why_fr = "Il était en attente de relecture et une personne du cabinet l'a refusé."
+        why_en = "It was waiting for review and someone at the practice refused it."
+    else:
+        why_fr = (
+            "Il ne respecte pas la charte APICRYPT de bon usage de la messagerie sécurisée."
+        )
+        why_en = "It does not comply with the APICRYPT charter for secure messaging."
+    note_fr = f"\nCommentaire du relecteur : {comment}\n" if comment else ""
+    note_en = f"\nReviewer's comment: {comment}\n" if comment else ""
+    text_fr = f"""Bonjour,
+
+Votre message (identifiant apiguard {message_id}, reçu le {_when(arrival)}, pour \
+{len(recipients)} destinataire(s)) n'a PAS été envoyé.
+{why_fr}
+{note_fr}
+Motif(s) :
+{_findings_text(blocking, True)}
+
+Que faire : corrigez le message comme indiqué ci-dessus, puis renvoyez-le. Le contenu \
+du message n'est pas reproduit ici, par confidentialité.
+En cas de doute, contactez la personne qui gère la messagerie du cabinet."""
+    text_en = f"""Hello,
+
+Your message (apiguard id {message_id}, received {_when(arrival)}, for {len(recipients)} \
+recipient(s)) was NOT sent.
+{why_en}
+{note_en}
+Reason(s):
+{_findings_text(blocking, False)}
+
+What to do: fix the message as explained above, then send it again. The message content \
+is not repeated here, for confidentiality."""
+    first = blocking[0] if blocking else None
+    diagnostic = (
+        f"smtp; 550 5.7.1 {first.rule}" if first else "smtp; 550 5.7.1 refused by the charter"
+    )
+    return build_report(
+        identity=identity,
+        to=sender,
+        subject="Message non envoyé : refusé par la charte APICRYPT / Message not sent",
+        text_fr=text_fr,
+        text_en=text_en,
+        original_raw=original_raw,
+        arrival=arrival,
+        recipients=[FailedRecipient(r, "failed", "5.7.1", diagnostic) for r in recipients],
+    )
+
+
+def hold_notice(
+    *,
+    identity: NoticeIdentity,
+    message_id: str,
+    sender: str,
+    recipients: Sequence[str],
+    findings: Sequence[Finding],
+    original_raw: bytes,
+    arrival: float,
+    hold_days: float,
+) -> bytes:
+    """Tells the sender that a message waits for review, and why."""
+    holding = [f for f in findings if f.action.value == "hold"] or list(findings)
+    days = f"{hold_days:g}"
+    text_fr = f"""Bonjour,
+
+Votre message (identifiant apiguard {message_id}, reçu le {_when(arrival)}, pour \
+{len(recipients)} destinataire(s)) est EN ATTENTE DE RELECTURE : il n'a pas encore été envoyé.
+
+Motif(s) :
+{_findings_text(holding, True)}
+
+Que faire : une personne du cabinet va le relire, puis l'envoyer ou le refuser \
+(page de relecture, ou `apiguard review release {message_id}`). Sans décision dans \
+les {days} jours, il sera refusé automatiquement. Si le message n'aurait pas dû partir, \
+demandez son refus ; sinon, corrigez-le et renvoyez-le."""
+    text_en = f"""Hello,
+
+Your message (apiguard id {message_id}, received {_when(arrival)}, for {len(recipients)} \
+recipient(s)) is WAITING FOR REVIEW: it has not been sent yet.
+
+Reason(s):
+{_findings_text(holding, False)}
+
+What to do: someone at the practice will review it, then send or refuse it (review page, \
+or `apiguard review release {message_id}`). Without a decision within {days} days it will \
+be refused automatically."""
+    first = holding[0] if holding else None
+    diagnostic = f"smtp; 250 2.0.0 held for review ({first.rule if first else 'charter'})"
+    return build_report(
+        identity=identity,
+        to=sender,
+        subject="Message en attente de relecture / Message held for review",
+        text_fr=text_fr,
+        text_en=text_en,
+        original_raw=original_raw,
+        arrival=arrival,
+        recipients=[FailedRecipient(r, "delayed", "4.7.0", diagnostic) for r in recipients],
+    )
+
+
+def bounce(
+    *,
+    identity: NoticeIdentity,
+    message_id: str,
+    sender: str,
+    failures: Sequence[FailedRecipient],
+    original_raw: bytes,
+    arrival: float,
+    expired: bool = False,
+) -> bytes:
+    """Delivery failed for some recipients: a wrong address is reported back."""
+    listing = "\n".join(f" - {f.rcpt} : {f.diagnostic.removeprefix('smtp; ')}" for f in failures)
+    if expired:
+        reason_fr = (
+            "Le serveur de messagerie n'a pas pu être joint pendant toute la durée prévue : "
+            "l'envoi est abandonné."
+        )
+        reason_en = "The mail server could not be reached for the whole retry period: gave up."
+    else:
+        reason_fr = (
+            "Le serveur de messagerie a refusé ces adresses. Vérifiez l'adresse du "
+            "correspondant (annuaire APICRYPT ou MSSanté), puis renvoyez le message."
+        )
+        reason_en = (
+            "The mail server refused these addresses. Check the correspondent's address "
+            "(APICRYPT or MSSante directory), then send the message again."
+        )
+    text_fr = f"""Bonjour,
+
+Votre message (identifiant apiguard {message_id}, reçu le {_when(arrival)}) n'a PAS pu \
+être remis aux destinataires suivants :
+{listing}
+
+{reason_fr}
+Les autres destinataires éventuels ne sont pas concernés."""
+    text_en = f"""Hello,
+
+Your message (apiguard id {message_id}, received {_when(arrival)}) could NOT be delivered \
+to these recipients:
+{listing}
+
+{reason_en}
+Any other recipients are not affected."""
+    return build_report(
+        identity=identity,
+        to=sender,
+        subject="Non remis : adresse du destinataire à vérifier / Undelivered mail",
+        text_fr=text_fr,
+        text_en=text_en,
+        original_raw=original_raw,
+        arrival=arrival,
+        recipients=failures,
+    )

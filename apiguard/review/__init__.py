@@ -1,0 +1,1 @@
+"""The quarantine: the one service that changes a held message's state."""

@@ -1,0 +1,1 @@
+"""The inbound edge: a thin aiosmtpd handler and the reply strings."""

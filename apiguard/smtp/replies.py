@@ -1,0 +1,86 @@
+"""SMTP replies as typed values. Texts are French first, then English, folded
+to ASCII because SMTP replies are 7-bit without SMTPUTF8."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from apiguard.policy.verdict import Finding
+
+_MAX_TEXT = 400
+
+
+def ascii_fold(text: str) -> str:
+    """'Données reçues' -> 'Donnees recues'; anything else non-ASCII dropped."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = decomposed.encode("ascii", "ignore").decode("ascii")
+    return " ".join(folded.replace("\r", " ").replace("\n", " ").split())
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: the code says whether it is 2xx, 4xx or 5xx."""
+
+    code: int
+    status: str
+    text: str
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        text = ascii_fold(self.text)[:_MAX_TEXT]
+        return f"{self.code} {self.status} {text}"
+
+
+def queued(message_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"queued as {message_id}")
+
+
+def held(message_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"held for review as {message_id}")
+
+
+def accepted_then_refused(message_id: str) -> Reply:
+    """With notices.on_reject = "email": accepted, not delivered, sender told by e-mail."""
+    return Reply(250, "2.0.0", f"refused by the charter, notice sent, id {message_id}")
+
+
+def rejected(finding: Finding) -> Reply:
+    article = f" (Art. {finding.article})" if finding.article else ""
+    return Reply(550, "5.7.1", f"{finding.rule}{article}: {finding.reply_text}")
+
+
+def recipient_refused(finding: Finding) -> Reply:
+    if finding.rule == "recipient.syntax":
+        return Reply(553, "5.1.3", f"{finding.rule}: {finding.reply_text}")
+    return Reply(550, "5.7.1", f"{finding.rule}: {finding.reply_text}")
+
+
+STORE_FAILED = Reply(
+    451,
+    "4.3.0",
+    "stockage impossible, reessayez plus tard / could not store the message, try again later",
+)
+CLIENT_REFUSED = Reply(
+    554,
+    "5.7.1",
+    "acces refuse: poste non autorise a envoyer par ce relais / "
+    "access denied: this host may not send through this relay",
+)
+TOO_MANY_RECIPIENTS = Reply(
+    452, "4.5.3", "trop de destinataires dans cette transaction / too many recipients"
+)
+SHUTTING_DOWN = Reply(
+    421, "4.3.2", "service en cours d'arret, reessayez / service shutting down, try again"
+)

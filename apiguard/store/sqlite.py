@@ -1,0 +1,391 @@
+"""SQLite engine of the store: WAL with synchronous=FULL, so a committed
+transaction is on disk before the caller answers 250.
+
+Files are created 0600 inside a 0700 folder: readable by the service user alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from apiguard.policy.verdict import Finding
+from apiguard.store.base import (
+    AuditEntry,
+    DeliveryJob,
+    MessageKind,
+    MessageState,
+    NewMessage,
+    RecipientOutcome,
+    RecipientRow,
+    RecipientState,
+    StoredMessage,
+    StoreError,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    state TEXT NOT NULL,
+    findings TEXT NOT NULL,
+    related_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_state ON messages(state, seq);
+CREATE TABLE IF NOT EXISTS message_data (
+    id TEXT PRIMARY KEY,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_reply TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (message_id, rcpt)
+);
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
+"""
+
+_PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
+
+
+def secure_directory(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _secure_file(path: Path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class SqliteStore:
+    """The store in one SQLite database file. Thread-safe through one lock;
+    meant to be driven from a single worker thread by `AsyncStore`."""
+
+    def __init__(self, directory: Path, *, readonly: bool = False) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / "apiguard.sqlite3"
+        self._lock = threading.RLock()
+        try:
+            if not readonly:
+                secure_directory(self.directory)
+                _secure_file(self.path)
+            uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
+            self._db = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"{self.path}: {error}") from error
+
+    # -- transactions -----------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+
+    def _read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, tuple(args))
+                return list(cursor.fetchall())
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+
+    # -- writing ----------------------------------------------------------
+
+    def _insert(self, db: sqlite3.Connection, message: NewMessage) -> None:
+        db.execute(
+            "INSERT INTO messages (id, created_at, kind, mail_from, size, verdict, state,"
+            " findings, related_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.id,
+                message.created_at,
+                message.kind.value,
+                message.mail_from,
+                message.size,
+                message.verdict,
+                message.state.value,
+                json.dumps([f.to_json() for f in message.findings], ensure_ascii=False),
+                message.related_id,
+            ),
+        )
+        if message.raw is not None:
+            db.execute("INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw))
+        rcpt_state = {
+            MessageState.QUEUED: RecipientState.QUEUED,
+            MessageState.HELD: RecipientState.HELD,
+            MessageState.REJECTED: RecipientState.REJECTED,
+            MessageState.CANCELLED: RecipientState.CANCELLED,
+            MessageState.DONE: RecipientState.DELIVERED,
+        }[message.state]
+        due = message.not_before if message.not_before is not None else message.created_at
+        db.executemany(
+            "INSERT OR IGNORE INTO recipients (message_id, rcpt, state, attempts,"
+            " next_attempt_at, updated_at) VALUES (?, ?, ?, 0, ?, ?)",
+            [
+                (message.id, rcpt, rcpt_state.value, due, message.created_at)
+                for rcpt in message.recipients
+            ],
+        )
+
+    def accept(self, message: NewMessage, notices: tuple[NewMessage, ...] = ()) -> None:
+        with self._transaction() as db:
+            self._insert(db, message)
+            for notice in notices:
+                self._insert(db, notice)
+
+    def accept_many(self, batch: list[tuple[NewMessage, tuple[NewMessage, ...]]]) -> None:
+        """Group commit: several accepted messages in one durable transaction."""
+        with self._transaction() as db:
+            for message, notices in batch:
+                self._insert(db, message)
+                for notice in notices:
+                    self._insert(db, notice)
+
+    def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
+        """Mark due recipients as sending and return them grouped by message,
+        oldest accepted first."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
+                " m.created_at, m.kind, m.mail_from, d.raw, m.seq"
+                " FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " JOIN message_data d ON d.id = r.message_id"
+                " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
+                " ORDER BY m.seq LIMIT ?",
+                (*_PENDING, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            db.executemany(
+                "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
+                [(RecipientState.SENDING.value, now, row[0], row[1]) for row in rows],
+            )
+        jobs: dict[str, DeliveryJob] = {}
+        grouped: dict[str, list[RecipientRow]] = {}
+        for row in rows:
+            grouped.setdefault(row[0], []).append(
+                RecipientRow(row[1], RecipientState.SENDING, row[2], row[3], row[4])
+            )
+            if row[0] not in jobs:
+                jobs[row[0]] = DeliveryJob(
+                    message_id=row[0],
+                    created_at=row[5],
+                    kind=MessageKind(row[6]),
+                    mail_from=row[7],
+                    raw=bytes(row[8]),
+                    recipients=(),
+                )
+        return [
+            DeliveryJob(
+                message_id=job.message_id,
+                created_at=job.created_at,
+                kind=job.kind,
+                mail_from=job.mail_from,
+                raw=job.raw,
+                recipients=tuple(grouped[job.message_id]),
+            )
+            for job in jobs.values()
+        ]
+
+    def complete(
+        self,
+        message_id: str,
+        outcomes: list[RecipientOutcome],
+        notices: tuple[NewMessage, ...] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Record one attempt's outcome per recipient, the notices it causes, and
+        finish the message (dropping its content) once every recipient is final."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_reply = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
+                [
+                    (o.state.value, o.next_attempt_at, o.reply[:500], now, message_id, o.rcpt)
+                    for o in outcomes
+                ],
+            )
+            for notice in notices:
+                self._insert(db, notice)
+            self._finish_if_final(db, message_id)
+
+    def _finish_if_final(self, db: sqlite3.Connection, message_id: str) -> None:
+        open_count = db.execute(
+            "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state NOT IN (?, ?, ?, ?)",
+            (message_id, "delivered", "failed", "rejected", "cancelled"),
+        ).fetchone()[0]
+        if open_count == 0:
+            db.execute(
+                "UPDATE messages SET state = ? WHERE id = ? AND state = ?",
+                (MessageState.DONE.value, message_id, MessageState.QUEUED.value),
+            )
+            db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+
+    def recover_in_flight(self) -> int:
+        """Recipients caught mid-delivery by a crash become due again (at least once)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE recipients SET state = ? WHERE state = ?",
+                (RecipientState.QUEUED.value, RecipientState.SENDING.value),
+            )
+            return cursor.rowcount
+
+    def next_due(self) -> float | None:
+        rows = self._read(
+            "SELECT MIN(next_attempt_at) FROM recipients WHERE state IN (?, ?)", _PENDING
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    # -- reading ----------------------------------------------------------
+
+    def _message(self, row: sqlite3.Row | tuple[object, ...], with_audit: bool) -> StoredMessage:
+        message_id = str(row[0])
+        rcpts = self._read(
+            "SELECT rcpt, state, attempts, next_attempt_at, last_reply FROM recipients"
+            " WHERE message_id = ? ORDER BY rowid",
+            (message_id,),
+        )
+        audit: tuple[AuditEntry, ...] = ()
+        if with_audit:
+            audit = tuple(
+                AuditEntry(message_id, a[0], a[1], a[2], a[3])
+                for a in self._read(
+                    "SELECT at, actor, action, comment FROM audit WHERE message_id = ?"
+                    " ORDER BY seq",
+                    (message_id,),
+                )
+            )
+        return StoredMessage(
+            id=message_id,
+            created_at=float(row[1]),  # type: ignore[arg-type]
+            kind=MessageKind(row[2]),
+            mail_from=str(row[3]),
+            size=int(row[4]),  # type: ignore[call-overload]
+            verdict=str(row[5]),
+            state=MessageState(row[6]),
+            findings=tuple(Finding.from_json(f) for f in json.loads(str(row[7]))),
+            related_id=str(row[8]) if row[8] is not None else None,
+            recipients=tuple(
+                RecipientRow(r[0], RecipientState(r[1]), r[2], r[3], r[4]) for r in rcpts
+            ),
+            audit=audit,
+        )
+
+    _COLUMNS = "id, created_at, kind, mail_from, size, verdict, state, findings, related_id"
+
+    def get(self, message_id: str) -> StoredMessage | None:
+        rows = self._read(f"SELECT {self._COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        return self._message(rows[0], with_audit=True) if rows else None
+
+    def get_raw(self, message_id: str) -> bytes | None:
+        rows = self._read("SELECT raw FROM message_data WHERE id = ?", (message_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_messages(
+        self, state: MessageState | None, limit: int = 100, offset: int = 0
+    ) -> list[StoredMessage]:
+        if state is None:
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM messages ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            )
+        else:
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM messages WHERE state = ?"
+                " ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (state.value, limit, offset),
+            )
+        return [self._message(row, with_audit=False) for row in rows]
+
+    def count_messages(self, state: MessageState) -> int:
+        rows = self._read("SELECT COUNT(*) FROM messages WHERE state = ?", (state.value,))
+        return int(rows[0][0])
+
+    def transition_held(
+        self,
+        message_id: str,
+        to_state: MessageState,
+        actor: str,
+        action: str,
+        comment: str,
+        now: float,
+        notices: tuple[NewMessage, ...] = (),
+    ) -> bool:
+        """Move a held message to queued (release) or rejected; False when the
+        message is not held any more (a second release is refused)."""
+        rcpt_state = {
+            MessageState.QUEUED: RecipientState.QUEUED,
+            MessageState.REJECTED: RecipientState.REJECTED,
+            MessageState.CANCELLED: RecipientState.CANCELLED,
+        }[to_state]
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE messages SET state = ? WHERE id = ? AND state = ?",
+                (to_state.value, message_id, MessageState.HELD.value),
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.execute(
+                "UPDATE recipients SET state = ?, next_attempt_at = ?, updated_at = ?"
+                " WHERE message_id = ? AND state = ?",
+                (rcpt_state.value, now, now, message_id, RecipientState.HELD.value),
+            )
+            db.execute(
+                "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
+                (message_id, now, actor, action, comment),
+            )
+            for notice in notices:
+                self._insert(db, notice)
+            if to_state is not MessageState.QUEUED:
+                db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        return True
+
+    def queue_counts(self) -> dict[str, int]:
+        rows = self._read("SELECT state, COUNT(*) FROM recipients GROUP BY state")
+        return {str(state): int(count) for state, count in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
