@@ -1,3 +1,3 @@
-"""apiguard: a local SMTP proxy that makes outgoing secure medical mail obey the APICRYPT charter."""
+"""apiguard: a local SMTP proxy that makes outgoing secure mail obey the APICRYPT charter."""
 
 __version__ = "0.1.0"

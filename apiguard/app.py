@@ -69,9 +69,7 @@ class Application:
             self.identity,
             concurrency=settings.relay.connections,
         )
-        self.pipeline = Pipeline(
-            self.charter, self.store, settings, on_queued=self.delivery.wake
-        )
+        self.pipeline = Pipeline(self.charter, self.store, settings, on_queued=self.delivery.wake)
         self.handler = ApiguardHandler(self.pipeline, max_recipients=settings.smtp.max_recipients)
         self.server: asyncio.Server | None = None
         self._stopped = asyncio.Event()

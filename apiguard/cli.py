@@ -51,11 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--config")
     actions = review.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list held messages")
+    listing.add_argument("--config", default=argparse.SUPPRESS)
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--limit", type=int, default=100)
     for name in ("show", "release", "reject"):
         sub = actions.add_parser(name)
         sub.add_argument("id")
+        sub.add_argument("--config", default=argparse.SUPPRESS)
         sub.add_argument("--json", action="store_true")
         if name != "show":
             sub.add_argument("--comment", default="")
@@ -101,9 +103,7 @@ def check_message(
     _, decision = evaluate(charter, Envelope(sender, tuple(accepted)), raw, datetime.now(UTC))
     findings = recipient_findings + list(decision.findings)
     verdict = (
-        Verdict.REJECT
-        if recipients and not accepted
-        else decide([f for f in decision.findings])
+        Verdict.REJECT if recipients and not accepted else decide([f for f in decision.findings])
     )
     result: dict[str, Any] = {
         "verdict": verdict.value,
@@ -160,14 +160,22 @@ def _message_json(message: Any) -> dict[str, Any]:
         "mail_from": message.mail_from,
         "size": message.size,
         "recipients": [
-            {"address": r.rcpt, "state": r.state.value, "attempts": r.attempts,
-             "last_reply": r.last_reply}
+            {
+                "address": r.rcpt,
+                "state": r.state.value,
+                "attempts": r.attempts,
+                "last_reply": r.last_reply,
+            }
             for r in message.recipients
         ],
         "findings": [f.to_json() for f in message.findings],
         "audit": [
-            {"at": datetime.fromtimestamp(a.at, UTC).isoformat(), "actor": a.actor,
-             "action": a.action, "comment": a.comment}
+            {
+                "at": datetime.fromtimestamp(a.at, UTC).isoformat(),
+                "actor": a.actor,
+                "action": a.action,
+                "comment": a.comment,
+            }
             for a in message.audit
         ],
     }
@@ -185,8 +193,9 @@ def _review(args: argparse.Namespace) -> int:
     store = SqliteStore(settings.storage.path)
     service = ReviewService(
         store,
-        NoticeIdentity(settings.notices.from_address, settings.notices.from_name,
-                       settings.smtp.hostname),
+        NoticeIdentity(
+            settings.notices.from_address, settings.notices.from_name, settings.smtp.hostname
+        ),
     )
     try:
         if args.action == "list":
@@ -221,16 +230,26 @@ def _review(args: argparse.Namespace) -> int:
         else:
             result = service.reject(args.id, args.actor, args.comment)
         if args.json:
-            print(json.dumps({"id": result.message_id, "outcome": result.outcome.value,
-                              "state": result.state}))
+            print(
+                json.dumps(
+                    {
+                        "id": result.message_id,
+                        "outcome": result.outcome.value,
+                        "state": result.state,
+                    }
+                )
+            )
         elif result.outcome is ReviewOutcome.DONE:
             verb = "libéré / released" if args.action == "release" else "refusé / rejected"
             print(f"{result.message_id}: {verb}")
         elif result.outcome is ReviewOutcome.NOT_FOUND:
             print(f"{args.id}: message inconnu / unknown message", file=sys.stderr)
         else:
-            print(f"{args.id}: ce message n'est pas en attente ({result.state}) / "
-                  f"this message is not held", file=sys.stderr)
+            print(
+                f"{args.id}: ce message n'est pas en attente ({result.state}) / "
+                f"this message is not held",
+                file=sys.stderr,
+            )
         return EXIT_OK if result.outcome is ReviewOutcome.DONE else EXIT_ERROR
     finally:
         store.close()
@@ -253,8 +272,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run())
     except OSError as error:
-        raise ConfigError(f"cannot listen on {settings.smtp.host}:{settings.smtp.port}: "
-                          f"{error.strerror or error}") from None
+        raise ConfigError(
+            f"cannot listen on {settings.smtp.host}:{settings.smtp.port}: {error.strerror or error}"
+        ) from None
     return EXIT_OK
 
 

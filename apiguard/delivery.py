@@ -123,7 +123,7 @@ class DeliveryWorker:
                     jobs = await self.store.run(
                         self.store.sync.claim_due, self.clock(), min(free, self.settings.batch_size)
                     )
-                except Exception as error:  # noqa: BLE001 - keep the worker alive
+                except Exception as error:
                     log.error("delivery.claim_failed", error=type(error).__name__)
             for job in jobs:
                 task = asyncio.create_task(self._attempt(job))
@@ -176,10 +176,13 @@ class DeliveryWorker:
                 )
                 notices = (notice_message(raw, job.mail_from, job.message_id, now),)
             try:
-                await self.store.run(self.store.sync.complete, job.message_id, outcomes, notices, now)
-            except Exception as error:  # noqa: BLE001 - recovered at next start-up
-                log.error("delivery.record_failed", message_id=job.message_id,
-                          error=type(error).__name__)
+                await self.store.run(
+                    self.store.sync.complete, job.message_id, outcomes, notices, now
+                )
+            except Exception as error:
+                log.error(
+                    "delivery.record_failed", message_id=job.message_id, error=type(error).__name__
+                )
                 return
             for state in {o.state for o in outcomes}:
                 log.info(

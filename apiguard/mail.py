@@ -128,7 +128,7 @@ def decode_header_value(raw: str) -> str:
     """RFC 2047 decoding that tolerates broken encoded words and raw 8-bit."""
     try:
         parts = email.header.decode_header(raw)
-    except Exception:  # noqa: BLE001 - any broken header stays as it came
+    except Exception:
         return _unfold(raw)
     out: list[str] = []
     for chunk, charset in parts:
@@ -173,7 +173,7 @@ def _looks_like_garbage(raw: bytes) -> bool:
 def _filename(part: email.message.Message) -> str | None:
     try:
         name = part.get_filename()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if name is None:
         return None
@@ -183,7 +183,7 @@ def _filename(part: email.message.Message) -> str | None:
 def _payload_bytes(part: email.message.Message) -> bytes:
     try:
         payload = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         payload = None
     if isinstance(payload, bytes):
         return payload
@@ -206,7 +206,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 bytes. Never raises; defects describe bad input."""
     try:
         return _parse(raw)
-    except Exception as error:  # noqa: BLE001 - bad input must become data
+    except Exception as error:
         return ParsedMessage(
             headers=(),
             text="",

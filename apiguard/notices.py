@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
-from email.mime.text import MIMEText
 
 from apiguard.mail import decode_text
 from apiguard.policy.verdict import Finding
@@ -84,11 +83,10 @@ def safe_headers(raw: bytes) -> str:
 def _findings_text(findings: Sequence[Finding], french: bool) -> str:
     out = []
     for finding in findings:
-        article = (
-            (f"Article {finding.article}" if french else f"Article {finding.article}")
-            if finding.article
-            else ("hors article" if french else "no article")
-        )
+        if finding.article:
+            article = f"Article {finding.article}"
+        else:
+            article = "hors article" if french else "no article"
         who = f" [{finding.recipient}]" if finding.recipient else ""
         message = finding.message_fr if french else finding.message_en
         fix = finding.fix_fr if french else finding.fix_en
@@ -137,12 +135,14 @@ def build_report(
     report["Auto-Submitted"] = "auto-replied"
     report["Content-Language"] = "fr, en"
     separator = "\n\n" + "-" * 20 + " English version " + "-" * 20 + "\n\n"
-    human = MIMEText(text_fr.strip() + separator + text_en.strip() + "\n", "plain", _QP_UTF8)
+    human = MIMENonMultipart("text", "plain")
+    human.set_payload(text_fr.strip() + separator + text_en.strip() + "\n", _QP_UTF8)
     report.attach(human)
     status = MIMENonMultipart("message", "delivery-status")
     status.set_payload(_dsn_blocks(identity, arrival, recipients))  # type: ignore[arg-type]
     report.attach(status)
-    headers = MIMEText(safe_headers(original_raw), "rfc822-headers", _QP_UTF8)
+    headers = MIMENonMultipart("text", "rfc822-headers")
+    headers.set_payload(safe_headers(original_raw), _QP_UTF8)
     report.attach(headers)
     return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
@@ -179,9 +179,7 @@ def reject_notice(
         why_fr = "Il était en attente de relecture et une personne du cabinet l'a refusé."
         why_en = "It was waiting for review and someone at the practice refused it."
     else:
-        why_fr = (
-            "Il ne respecte pas la charte APICRYPT de bon usage de la messagerie sécurisée."
-        )
+        why_fr = "Il ne respecte pas la charte APICRYPT de bon usage de la messagerie sécurisée."
         why_en = "It does not comply with the APICRYPT charter for secure messaging."
     note_fr = f"\nCommentaire du relecteur : {comment}\n" if comment else ""
     note_en = f"\nReviewer's comment: {comment}\n" if comment else ""

@@ -84,9 +84,11 @@ class Pipeline:
                 _, decision = await asyncio.to_thread(evaluate, self.charter, envelope, raw)
             else:
                 _, decision = evaluate(self.charter, envelope, raw)
-        except Exception as error:  # noqa: BLE001 - a rule bug must not let mail through
+        except Exception as error:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
-            return Reply(451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later")
+            return Reply(
+                451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later"
+            )
         stored_raw = self._trace(message_id, peer, helo, now) + raw
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         try:

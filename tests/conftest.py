@@ -6,15 +6,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import structlog
 
+from apiguard.logs import configure_logging
 from tests.support import Sink
 
 
 @pytest.fixture(autouse=True)
-def _quiet_structlog() -> None:
-    """Tests capture logs themselves; keep the default JSON rendering."""
-    structlog.reset_defaults()
+def _json_logs_on_stderr() -> None:
+    """As in production: JSON lines on stderr (stdout stays for command output)."""
+    configure_logging("json", "debug")
 
 
 @pytest.fixture

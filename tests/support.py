@@ -102,10 +102,10 @@ class SinkHandler:
         return [m for m in self.messages if rcpt in m.rcpt_tos]
 
     def notices(self) -> list[Received]:
-        return [m for m in self.messages if m.mail_from == ""]
+        return [m for m in self.messages if m.mail_from in ("", "<>")]
 
     def mails(self) -> list[Received]:
-        return [m for m in self.messages if m.mail_from != ""]
+        return [m for m in self.messages if m.mail_from not in ("", "<>")]
 
 
 class Sink:

@@ -49,7 +49,9 @@ class MaildirRelay:
         except OSError as error:
             reply = RelayReply(451, f"4.3.0 outbox not writable: {error.strerror}")
             return SendResult({r: reply for r in recipients})
-        return SendResult({r: RelayReply(250, f"2.0.0 stored in outbox as {name}") for r in recipients})
+        return SendResult(
+            {r: RelayReply(250, f"2.0.0 stored in outbox as {name}") for r in recipients}
+        )
 
     async def close(self) -> None:
         return None

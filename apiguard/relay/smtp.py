@@ -40,7 +40,7 @@ class SmtpRelay:
             local_hostname=s.helo_name,
             timeout=s.timeout,
             use_tls=s.security == "tls",
-            start_tls=True if s.security == "starttls" else False,
+            start_tls=s.security == "starttls",
             tls_context=self._tls,
         )
 

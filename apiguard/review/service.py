@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from apiguard.delivery import notice_message
 from apiguard.notices import NoticeIdentity, reject_notice
-from apiguard.store.base import MessageState, StoredMessage
+from apiguard.store.base import MessageState, NewMessage, StoredMessage
 from apiguard.store.sqlite import SqliteStore
 
 
@@ -78,7 +78,7 @@ class ReviewService:
         if message.state is not MessageState.HELD:
             return ReviewResult(ReviewOutcome.NOT_HELD, message_id, message.state.value)
         now = self.clock()
-        notices = ()
+        notices: tuple[NewMessage, ...] = ()
         if message.mail_from:
             raw = self.store.get_raw(message_id) or b""
             notice_raw = reject_notice(

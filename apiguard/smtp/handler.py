@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
@@ -40,7 +41,7 @@ def peer_allowed(peer: Any, networks: tuple[IPNetwork, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-class GuardedSMTP(SMTP):  # type: ignore[misc]
+class GuardedSMTP(SMTP):
     """aiosmtpd's SMTP protocol, refusing clients outside the allowed networks
     with a 554 greeting before anything else is said."""
 

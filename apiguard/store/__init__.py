@@ -9,8 +9,8 @@ from apiguard.store.base import (
     RecipientOutcome,
     RecipientState,
     Store,
-    StoreError,
     StoredMessage,
+    StoreError,
 )
 
 __all__ = [

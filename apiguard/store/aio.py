@@ -44,7 +44,7 @@ class AsyncStore:
                 batch, self._pending = self._pending, []
                 try:
                     await self.run(self.sync.accept_many, [item for item, _ in batch])
-                except Exception as error:  # noqa: BLE001 - every waiter gets the failure
+                except Exception as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)

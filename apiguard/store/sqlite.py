@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from apiguard.policy.verdict import Finding
 from apiguard.store.base import (
@@ -150,7 +151,9 @@ class SqliteStore:
             ),
         )
         if message.raw is not None:
-            db.execute("INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw))
+            db.execute(
+                "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
+            )
         rcpt_state = {
             MessageState.QUEUED: RecipientState.QUEUED,
             MessageState.HELD: RecipientState.HELD,
@@ -280,7 +283,7 @@ class SqliteStore:
 
     # -- reading ----------------------------------------------------------
 
-    def _message(self, row: sqlite3.Row | tuple[object, ...], with_audit: bool) -> StoredMessage:
+    def _message(self, row: Any, with_audit: bool) -> StoredMessage:
         message_id = str(row[0])
         rcpts = self._read(
             "SELECT rcpt, state, attempts, next_attempt_at, last_reply FROM recipients"
@@ -299,10 +302,10 @@ class SqliteStore:
             )
         return StoredMessage(
             id=message_id,
-            created_at=float(row[1]),  # type: ignore[arg-type]
+            created_at=float(row[1]),
             kind=MessageKind(row[2]),
             mail_from=str(row[3]),
-            size=int(row[4]),  # type: ignore[call-overload]
+            size=int(row[4]),
             verdict=str(row[5]),
             state=MessageState(row[6]),
             findings=tuple(Finding.from_json(f) for f in json.loads(str(row[7]))),

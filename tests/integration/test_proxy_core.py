@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 from pathlib import Path
 
@@ -30,7 +28,7 @@ async def test_a_forwarded_message_reaches_the_relay_with_its_body_unchanged(
     received = sink.handler.messages[0]
     assert received.mail_from == SENDER
     assert received.rcpt_tos == [COLLEAGUE]
-    head, _, body = received.data.partition(b"\r\n\r\n")
+    _head, _, body = received.data.partition(b"\r\n\r\n")
     assert body == raw.partition(b"\r\n\r\n")[2]
     # The only change is one trace header added on top.
     assert received.data.endswith(raw)
@@ -163,7 +161,9 @@ MALFORMED = {
     ),
     "binary garbage": bytes(range(256)) * 40,
     "cr only": b"From: dr.martin@medical13.apicrypt.org\rSubject: x\r\rBonjour\rcordialement\r",
-    "one megabyte line": b"From: dr.martin@medical13.apicrypt.org\r\n\r\n" + b"A" * 1_000_000 + b"\r\n",
+    "one megabyte line": b"From: dr.martin@medical13.apicrypt.org\r\n\r\n"
+    + b"A" * 1_000_000
+    + b"\r\n",
 }
 
 
@@ -180,16 +180,16 @@ async def test_malformed_input_gets_a_clear_reply_and_the_server_keeps_serving(
                 code, text = response.code, response.message
             except aiosmtplib.SMTPDataError as error:
                 code, text = error.code, error.message
-            assert code in (250, 550)
-            assert text.startswith(("2.0.0", "5.7.1"))
+            # Accepted, refused by the charter, or (over-long line) refused by the
+            # SMTP layer with its RFC 5321 reason: always an answer, never a hang.
+            assert code in (250, 500, 550)
+            assert text.startswith(("2.0.0", "5.7.1", "Line too long"))
         # The server still serves a normal message afterwards.
         _, reply = await send(app.port, SENDER, [COLLEAGUE], letter(8))
         assert reply.startswith("2.0.0")
 
 
-async def test_malformed_structure_is_refused_with_the_mime_rule(
-    sink: Sink, storage: Path
-) -> None:
+async def test_malformed_structure_is_refused_with_the_mime_rule(sink: Sink, storage: Path) -> None:
     async with running_proxy(proxy_settings(storage, sink.port)) as app:
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await send(app.port, SENDER, [COLLEAGUE], MALFORMED["binary garbage"])
