@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 # Charsets tried, in order, when the declared one is absent or does not decode.
 _FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
 _UTF8_NAMES = {"utf-8", "utf8", "utf_8"}
+# As browsers do (WHATWG): a Latin-1 or ASCII label is read as Windows-1252,
+# whose extra characters (€, œ, –, ’) French mail software often writes.
+_READ_AS_CP1252 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "us-ascii", "ascii"}
 # Defects that mean the structure cannot be trusted (others are cosmetic).
 SEVERE_DEFECTS = frozenset(
     {
@@ -113,6 +116,8 @@ def decode_text(payload: bytes, declared: str | None) -> tuple[str, str]:
         # Mislabelled UTF-8 is common (APICRYPT v2 software declaring Latin-1):
         # a valid multibyte UTF-8 sequence is almost never intended Latin-1.
         candidates.append("utf-8")
+    if declared_name in _READ_AS_CP1252:
+        candidates.append("cp1252")
     if declared_name:
         candidates.append(declared_name)
     candidates.extend(_FALLBACK_CHARSETS)

@@ -1,0 +1,164 @@
+"""The SQLite store and the delivery worker, on real database files and the
+in-memory relay twin."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+from apiguard.config import DeliverySettings
+from apiguard.delivery import DeliveryWorker, backoff
+from apiguard.notices import NoticeIdentity
+from apiguard.relay.base import RelayReply
+from apiguard.relay.memory import MemoryRelay
+from apiguard.store.aio import AsyncStore
+from apiguard.store.base import MessageKind, MessageState, NewMessage, RecipientState
+from apiguard.store.sqlite import SqliteStore
+from tests.support import letter
+
+SENDER = "dr.martin@medical13.apicrypt.org"
+A = "dr.durand@medical69.apicrypt.org"
+B = "dr.petit@medical75.apicrypt.org"
+
+
+def new_message(message_id: str, *, state: MessageState = MessageState.QUEUED) -> NewMessage:
+    raw = letter(1)
+    return NewMessage(
+        id=message_id,
+        created_at=1000.0,
+        kind=MessageKind.MAIL,
+        mail_from=SENDER,
+        recipients=(A, B),
+        raw=raw,
+        size=len(raw),
+        verdict="forward",
+        state=state,
+    )
+
+
+def test_store_files_are_private_to_the_service_user(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "var")
+    store.accept(new_message("m1"))
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    for path in (tmp_path / "var").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    store.close()
+
+
+def test_claimed_recipients_come_back_after_a_crash(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    jobs = store.claim_due(now=2000.0, limit=10)
+    assert [(j.message_id, [r.rcpt for r in j.recipients]) for j in jobs] == [("m1", [A, B])]
+    assert store.claim_due(now=2000.0, limit=10) == []  # claimed: not handed out twice
+    store.close()
+    reopened = SqliteStore(tmp_path)  # "after the crash"
+    assert reopened.recover_in_flight() == 2
+    assert len(reopened.claim_due(now=2000.0, limit=10)) == 1
+    reopened.close()
+
+
+def test_held_messages_are_not_delivered_until_released_and_only_once(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("h1", state=MessageState.HELD))
+    assert store.claim_due(now=2000.0, limit=10) == []
+    assert store.transition_held("h1", MessageState.QUEUED, "me", "release", "", 2000.0)
+    assert not store.transition_held("h1", MessageState.QUEUED, "me", "release", "", 2001.0)
+    assert len(store.claim_due(now=2000.0, limit=10)) == 1
+    held = store.get("h1")
+    assert held is not None
+    assert [(a.actor, a.action) for a in held.audit] == [("me", "release")]
+    store.close()
+
+
+def test_content_is_dropped_once_every_recipient_is_final(tmp_path: Path) -> None:
+    from apiguard.store.base import RecipientOutcome
+
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    store.claim_due(2000.0, 10)
+    store.complete(
+        "m1",
+        [
+            RecipientOutcome(A, RecipientState.DELIVERED, "250 ok"),
+            RecipientOutcome(B, RecipientState.DEFERRED, "451 later", 3000.0),
+        ],
+        now=2000.0,
+    )
+    assert store.get_raw("m1") is not None
+    assert store.next_due() == 3000.0
+    store.claim_due(3000.0, 10)
+    store.complete("m1", [RecipientOutcome(B, RecipientState.FAILED, "550 no")], now=3000.0)
+    assert store.get_raw("m1") is None
+    stored = store.get("m1")
+    assert stored is not None and stored.state is MessageState.DONE
+    store.close()
+
+
+def test_backoff_doubles_from_the_initial_delay_up_to_the_maximum() -> None:
+    settings = DeliverySettings(retry_initial=60, retry_max=3600)
+    assert [backoff(settings, n) for n in range(8)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+async def run_worker(
+    tmp_path: Path, relay: MemoryRelay, clock: list[float], settings: DeliverySettings
+) -> tuple[AsyncStore, DeliveryWorker]:
+    store = AsyncStore(SqliteStore(tmp_path))
+    worker = DeliveryWorker(store, relay, settings, NoticeIdentity(), clock=lambda: clock[0])
+    await worker.start()
+    return store, worker
+
+
+async def test_a_permanent_refusal_fails_one_recipient_and_bounces_to_the_sender(
+    tmp_path: Path,
+) -> None:
+    relay = MemoryRelay(refuse={B: RelayReply(550, "5.1.1 unknown user")})
+    clock = [1000.0]
+    store, worker = await run_worker(tmp_path, relay, clock, DeliverySettings(poll_interval=0.01))
+    await store.accept(new_message("m1"))
+    worker.wake()
+    for _ in range(200):
+        if len(relay.sent) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    assert relay.sent[0][:2] == (SENDER, (A,))
+    bounce_from, bounce_to, bounce = relay.sent[1]
+    assert (bounce_from, bounce_to) == ("", (SENDER,))
+    assert b"multipart/report" in bounce and B.encode() in bounce
+    stored = store.sync.get("m1")
+    assert stored is not None
+    assert {r.rcpt: r.state for r in stored.recipients} == {
+        A: RecipientState.DELIVERED,
+        B: RecipientState.FAILED,
+    }
+    await store.close()
+
+
+async def test_temporary_failures_are_retried_then_expire_with_a_notice(tmp_path: Path) -> None:
+    relay = MemoryRelay(replies=[RelayReply(451, "4.3.0 later")] * 50)
+    clock = [1000.0]
+    settings = DeliverySettings(retry_initial=10, retry_max=10, lifetime=100, poll_interval=0.01)
+    store, worker = await run_worker(tmp_path, relay, clock, settings)
+    await store.accept(new_message("m1"))
+    worker.wake()
+    await asyncio.sleep(0.1)
+    stored = store.sync.get("m1")
+    assert stored is not None
+    assert {r.state for r in stored.recipients} == {RecipientState.DEFERRED}
+    assert relay.sent == []
+    clock[0] = 1000.0 + 101  # past the lifetime
+    relay.replies = [RelayReply(451, "4.3.0 later")]
+    worker.wake()
+    for _ in range(200):
+        if relay.sent:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    stored = store.sync.get("m1")
+    assert stored is not None
+    assert {r.state for r in stored.recipients} == {RecipientState.FAILED}
+    (notice,) = relay.sent
+    assert notice[0] == "" and b"4.4.7" in notice[2]
+    await store.close()
