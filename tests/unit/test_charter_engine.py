@@ -31,7 +31,7 @@ def test_the_most_severe_action_decides(actions: list[Action], verdict: Verdict)
 
 
 def test_an_unknown_rule_id_is_a_configuration_error_naming_it() -> None:
-    with pytest.raises(CharterConfigError, match="art9.nonsense"):
+    with pytest.raises(CharterConfigError, match=r"art9\.nonsense"):
         Charter.build({"art9.nonsense": {"enabled": True}})
 
 

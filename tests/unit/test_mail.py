@@ -12,16 +12,16 @@ from apiguard.mail import decode_text, html_to_text, parse_message
 @pytest.mark.parametrize(
     ("payload", "declared", "expected"),
     [
-        ("Créatinine élevée".encode("utf-8"), "utf-8", "Créatinine élevée"),
+        ("Créatinine élevée".encode(), "utf-8", "Créatinine élevée"),
         ("Créatinine élevée".encode("latin-1"), "iso-8859-1", "Créatinine élevée"),
         ("Créatinine élevée".encode("cp1252"), None, "Créatinine élevée"),
         # UTF-8 mislabelled as Latin-1 (APICRYPT v2 software): read as UTF-8.
-        ("Créatinine élevée".encode("utf-8"), "iso-8859-1", "Créatinine élevée"),
+        ("Créatinine élevée".encode(), "iso-8859-1", "Créatinine élevée"),
         # Latin-1 mislabelled as UTF-8: falls back to Windows-1252.
         ("Créatinine élevée".encode("latin-1"), "utf-8", "Créatinine élevée"),
         ("œuf – 5 €".encode("cp1252"), "iso-8859-1", "œuf – 5 €"),
         (b"a\r\nb\rc\nd", None, "a\nb\nc\nd"),
-        ("x".encode(), "x-unknown-charset", "x"),
+        (b"x", "x-unknown-charset", "x"),
     ],
 )
 def test_body_text_is_decoded_with_sensible_fallbacks(
