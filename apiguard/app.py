@@ -10,6 +10,7 @@ import structlog
 
 from apiguard.config import Settings
 from apiguard.delivery import DeliveryWorker
+from apiguard.looplag import LoopLagMonitor
 from apiguard.notices import NoticeIdentity
 from apiguard.pipeline import Pipeline
 from apiguard.policy.charter import Charter
@@ -72,6 +73,7 @@ class Application:
         self.pipeline = Pipeline(self.charter, self.store, settings, on_queued=self.delivery.wake)
         self.handler = ApiguardHandler(self.pipeline, max_recipients=settings.smtp.max_recipients)
         self.server: asyncio.Server | None = None
+        self.looplag = LoopLagMonitor()
         self._stopped = asyncio.Event()
 
     @property
@@ -93,6 +95,7 @@ class Application:
         )
 
     async def start(self) -> None:
+        self.looplag.start()
         await self.delivery.start()
         self.server = await asyncio.get_running_loop().create_server(
             self._protocol, host=self.settings.smtp.host, port=self.settings.smtp.port
@@ -113,6 +116,7 @@ class Application:
         await self.delivery.stop()
         await self.relay.close()
         await self.store.close()
+        await self.looplag.stop()
         log.info("app.stopped", clean=finished)
         self._stopped.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import email.utils
 import json
 import sys
@@ -16,6 +17,7 @@ from apiguard import __version__
 from apiguard.config import ConfigError, Settings, load_settings
 from apiguard.mail import Envelope, ParsedMessage, parse_message
 from apiguard.policy.charter import CharterConfigError
+from apiguard.policy.context import MessageContext
 from apiguard.policy.verdict import Decision, Finding, Verdict, decide
 
 EXIT_OK = 0
@@ -81,7 +83,6 @@ def check_message(
 ) -> dict[str, Any]:
     """Run the whole charter on one message, as the proxy would, without storing it."""
     from apiguard.app import build_charter
-    from apiguard.pipeline import evaluate
 
     charter = build_charter(settings)
     parsed: ParsedMessage = parse_message(raw)
@@ -100,7 +101,9 @@ def check_message(
             recipient_findings.extend(hits)
         else:
             accepted.append(rcpt)
-    _, decision = evaluate(charter, Envelope(sender, tuple(accepted)), raw, datetime.now(UTC))
+    context = dataclasses.replace(charter.context, now=datetime.now(UTC))
+    ctx = MessageContext(Envelope(sender, tuple(accepted)), parsed, context)
+    decision = charter.check_context(ctx, include_recipient_rules=True)
     findings = recipient_findings + list(decision.findings)
     verdict = (
         Verdict.REJECT if recipients and not accepted else decide([f for f in decision.findings])
@@ -112,13 +115,21 @@ def check_message(
         "skipped": list(decision.skipped),
         "refused_recipients": refused,
     }
-    result.update(_extra_facts(decision))
+    result.update(_derived_facts(ctx, decision))
     return result
 
 
-def _extra_facts(decision: Decision) -> dict[str, Any]:
-    facts = getattr(decision, "facts", None)
-    return dict(facts) if isinstance(facts, dict) else {}
+def _derived_facts(ctx: MessageContext, decision: Decision) -> dict[str, Any]:
+    """What the rules read, without values: HPRIM fields present, attachment types."""
+    facts: dict[str, Any] = {}
+    skipped = set(decision.skipped)
+    if ctx.message.text or ctx.message.attachments:
+        scan = ctx.hprim
+        if scan.found:
+            facts["hprim"] = scan.summary()
+    if ctx.message.attachments and not skipped.issuperset({"art3.forbidden-type"}):
+        facts["attachments"] = ctx.attachments.to_json()
+    return facts
 
 
 def _print_check(result: dict[str, Any], as_json: bool) -> None:

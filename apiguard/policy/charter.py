@@ -18,6 +18,13 @@ from apiguard.policy.verdict import Decision, Finding
 RULE_MODULES: tuple[str, ...] = (
     "apiguard.policy.rules.recipients",
     "apiguard.policy.rules.mime",
+    "apiguard.policy.rules.encrypted",
+    "apiguard.policy.rules.art1",
+    "apiguard.policy.rules.art2",
+    "apiguard.policy.rules.art3",
+    "apiguard.policy.rules.art4",
+    "apiguard.policy.rules.formats",
+    "apiguard.policy.rules.privacy",
     "apiguard.policy.rules.art5",
 )
 
@@ -59,8 +66,7 @@ class Charter:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise CharterConfigError(
-                f"charter.rules: unknown rule id {unknown[0]!r} "
-                f"(known: {', '.join(sorted(known))})"
+                f"charter.rules: unknown rule id {unknown[0]!r} (known: {', '.join(sorted(known))})"
             )
         rules: list[Rule] = []
         for rule_class in classes:
@@ -111,6 +117,13 @@ class Charter:
     ) -> Decision:
         """Run every message-scope rule (and optionally the recipient ones) and decide."""
         ctx = MessageContext(envelope, message, context or self.context)
+        return self.check_context(ctx, include_recipient_rules=include_recipient_rules)
+
+    def check_context(
+        self, ctx: MessageContext, *, include_recipient_rules: bool = False
+    ) -> Decision:
+        """As `check_message`, on a context the caller keeps (to read derived facts)."""
+        envelope = ctx.envelope
         findings: list[Finding] = []
         checked: list[str] = []
         skipped: list[str] = []
@@ -122,7 +135,9 @@ class Charter:
                 accepted: list[str] = []
                 for recipient in envelope.rcpt_tos:
                     hit = rule.check_recipient(
-                        RecipientContext(envelope.mail_from, recipient, tuple(accepted), ctx.charter)
+                        RecipientContext(
+                            envelope.mail_from, recipient, tuple(accepted), ctx.charter
+                        )
                     )
                     if hit is None:
                         accepted.append(recipient)

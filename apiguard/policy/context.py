@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from apiguard.mail import Envelope, ParsedMessage
 
 if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
+    from apiguard.attachments import AttachmentAnalysis
+    from apiguard.hprim import HprimScan
+    from apiguard.patient import PatientData
     pass
 
 
@@ -56,9 +59,41 @@ class MessageContext:
     def is_notification(self) -> bool:
         return self.envelope.is_notification
 
+    @cached_property
+    def hprim(self) -> HprimScan:
+        """HPRIM Médecin / Santé records in the body and text attachments."""
+        from apiguard.hprim import scan_message
+
+        return scan_message(self.message, today=self.charter.now.date())
+
+    @cached_property
+    def patient_data(self) -> PatientData:
+        """Nominative patient data: HPRIM, CDA or a clear identification in the text."""
+        from apiguard.patient import detect_patient_data
+
+        return detect_patient_data(self)
+
+    @cached_property
+    def attachments(self) -> AttachmentAnalysis:
+        """Every attachment judged by content: types, flags, CDA patients and codes."""
+        from apiguard.attachments import analyse_attachments
+
+        return analyse_attachments(self.message)
+
+    @cached_property
+    def apicrypt_encrypted(self) -> bool:
+        """The body or an attachment is already APICRYPT-encrypted."""
+        from apiguard.policy.rules.encrypted import apicrypt_encrypted
+
+        return apicrypt_encrypted(self.message)
+
     def skip_reason(self, rule_id: str) -> str | None:
         """Why a rule cannot judge this message (None: it can).
 
         Content rules cannot read a body that is already APICRYPT-encrypted.
         """
+        from apiguard.policy.rules.encrypted import reads_content
+
+        if self.apicrypt_encrypted and reads_content(rule_id):
+            return "content.encrypted"
         return None

@@ -1,0 +1,99 @@
+"""Article 2: no announcements and no mass mailings, judged one message at a time.
+
+(Volume over time — fan-out, rate, duplicates — is judged elsewhere, with state.)
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+from typing import Annotated
+
+from pydantic import Field
+
+from apiguard.policy.context import MessageContext
+from apiguard.policy.rule import Rule, RuleParams
+from apiguard.policy.rules.art1 import ScoredPhrasesParams, ScoredPhrasesRule, score_details
+from apiguard.policy.verdict import Action, Finding
+
+_RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+
+
+def distinct_recipients(ctx: MessageContext) -> set[str]:
+    """Envelope recipients and To/Cc/Bcc addresses, compared case-insensitively."""
+    addresses = {a.strip().lower() for a in ctx.envelope.rcpt_tos}
+    values = [v for name in _RECIPIENT_HEADERS for v in ctx.message.header_all(name)]
+    addresses.update(address.strip().lower() for _, address in getaddresses(values))
+    return {a for a in addresses if "@" in a}
+
+
+class TooManyRecipientsParams(RuleParams):
+    max_recipients: Annotated[int, Field(ge=1)] = 5
+
+
+class TooManyRecipients(Rule):
+    """`art2.too-many-recipients`: one message to more than `max_recipients` people."""
+
+    id = "art2.too-many-recipients"
+    article = 2
+    default_action = Action.REJECT
+    Params = TooManyRecipientsParams
+
+    def check(self, ctx: MessageContext) -> Finding | None:
+        assert isinstance(self.params, TooManyRecipientsParams)
+        limit = self.params.max_recipients
+        count = len(distinct_recipients(ctx))
+        if count <= limit:
+            return None
+        return self.finding(
+            f"trop de destinataires ({count}, maximum {limit}) : pas d'envoi en masse",
+            f"too many recipients ({count}, at most {limit}): no mass mailing",
+            "Adressez le courrier aux seuls correspondants qui soignent le patient. "
+            "La messagerie sécurisée n'est pas une liste de diffusion.",
+            "Address the letter only to the correspondents caring for the patient. "
+            "Secure messaging is not a mailing list.",
+            details={"recipients": str(count), "max_recipients": str(limit)},
+        )
+
+
+class AnnouncementParams(ScoredPhrasesParams):
+    # Charter: an announcement that names no patient is refused outright.
+    action_without_patient_data: Action | None = Action.REJECT
+
+
+class Announcement(ScoredPhrasesRule):
+    """`art2.announcement`: invitations, meetings, trainings, webinars, congresses,
+    thesis or survey questionnaires, moves, openings and closings, retirements,
+    holiday replacements."""
+
+    id = "art2.announcement"
+    article = 2
+    default_action = Action.HOLD
+    phrase_list = "announcement"
+    Params = AnnouncementParams
+
+    def check(self, ctx: MessageContext) -> Finding | None:
+        if ctx.is_notification:
+            return None
+        score = self.score(ctx)
+        if score is None:
+            return None
+        assert isinstance(self.params, AnnouncementParams)
+        action = None
+        if not ctx.patient_data.present:
+            action = self.params.action_without_patient_data
+        signals = ", ".join(score.signal_names)
+        return self.finding(
+            f"annonce ou invitation, interdite par la charte (signaux : {signals})",
+            f"announcement or invitation, forbidden by the charter (signals: {signals})",
+            "Les invitations, formations, congrès, questionnaires de thèse, changements "
+            "d'adresse, ouvertures, fermetures, départs en retraite et remplacements ne "
+            "passent pas par la messagerie sécurisée : utilisez une messagerie ordinaire.",
+            "Invitations, trainings, congresses, thesis questionnaires, changes of "
+            "address, openings, closings, retirements and replacements do not go through "
+            "secure messaging: use ordinary e-mail.",
+            action=action,
+            details=score_details(score),
+        )
+
+
+RULES: list[type[Rule]] = [TooManyRecipients, Announcement]
