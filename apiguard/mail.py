@@ -131,6 +131,10 @@ def decode_text(payload: bytes, declared: str | None) -> tuple[str, str]:
 
 def decode_header_value(raw: str) -> str:
     """RFC 2047 decoding that tolerates broken encoded words and raw 8-bit."""
+    if any("\udc80" <= char <= "\udcff" for char in raw):
+        # Raw 8-bit header bytes (surrogate-escaped by the parser): decode them
+        # like a body, UTF-8 first, then Windows-1252.
+        raw = decode_text(raw.encode("ascii", "surrogateescape"), None)[0]
     try:
         parts = email.header.decode_header(raw)
     except Exception:
@@ -145,7 +149,6 @@ def decode_header_value(raw: str) -> str:
 
 
 def _unfold(value: str) -> str:
-    value = value.replace("\udcff", "")
     return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
 
 
@@ -232,7 +235,7 @@ def _parse(raw: bytes) -> ParsedMessage:
 
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
     headers: list[tuple[str, str]] = []
-    for name, value in message.items():
+    for name, value in message.raw_items():
         headers.append((str(name), decode_header_value(str(value))))
     if not headers and "NoHeaders" not in defects:
         defects.append("NoHeaders")

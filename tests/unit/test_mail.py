@@ -109,3 +109,9 @@ def test_parsing_arbitrary_bytes_never_raises(raw: bytes) -> None:
     message = parse_message(raw)
     assert message.size == len(raw)
     assert isinstance(message.text, str)
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "cp1252"])
+def test_raw_8bit_headers_are_decoded_like_bodies(charset: str) -> None:
+    raw = "Subject: Résultats ZÉPHYRIN\r\nFrom: a@b.fr\r\n\r\nx".encode(charset)
+    assert parse_message(raw).subject == "Résultats ZÉPHYRIN"
