@@ -19,7 +19,7 @@ import logging
 import re
 import xml.parsers.expat
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -175,7 +175,23 @@ class AttachmentReport:
         for entry in self.entries:
             yield from entry.walk()
 
-    def to_json(self, rules: Sequence[str] = ()) -> dict[str, object]:
+    def to_json(
+        self, rules_by_location: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, object]:
+        """Types, size, flags and the ids of the rules whose findings name this
+        report (a top-level attachment also collects those naming its entries)."""
+        by_location = rules_by_location or {}
+        if "/" in self.location:
+            rules = list(by_location.get(self.location, ()))
+        else:
+            rules = list(
+                dict.fromkeys(
+                    rule
+                    for location, ids in by_location.items()
+                    if location.split("/", 1)[0] == self.location
+                    for rule in ids
+                )
+            )
         data: dict[str, object] = {
             "index": self.index,
             "location": self.location,
@@ -189,8 +205,8 @@ class AttachmentReport:
         if self.problems:
             data["problems"] = list(self.problems)
         if self.entries:
-            data["entries"] = [entry.to_json() for entry in self.entries]
-        data["rules"] = list(rules)
+            data["entries"] = [entry.to_json(by_location) for entry in self.entries]
+        data["rules"] = rules
         return data
 
 
@@ -210,15 +226,13 @@ class AttachmentAnalysis:
     def to_json(self, findings: Iterable[Finding] = ()) -> list[dict[str, object]]:
         """For `apiguard check --json`: types, sizes, flags and the ids of the
         rules whose findings name the attachment (details "attachments")."""
-        by_index: dict[int, list[str]] = {}
+        by_location: dict[str, list[str]] = {}
         for finding in findings:
             for location in dict(finding.details).get("attachments", "").split(","):
-                head = location.split("/", 1)[0]
-                if head.isdigit():
-                    rules = by_index.setdefault(int(head), [])
-                    if finding.rule not in rules:
-                        rules.append(finding.rule)
-        return [r.to_json(by_index.get(r.index, [])) for r in self.reports]
+                rules = by_location.setdefault(location.strip(), [])
+                if location.strip() and finding.rule not in rules:
+                    rules.append(finding.rule)
+        return [report.to_json(by_location) for report in self.reports]
 
 
 @dataclass(slots=True)

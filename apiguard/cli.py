@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from apiguard import __version__
 from apiguard.config import ConfigError, Settings, load_settings
+from apiguard.correspondents import DirectoryError
 from apiguard.mail import Envelope, ParsedMessage, parse_message
 from apiguard.policy.charter import CharterConfigError
 from apiguard.policy.context import MessageContext
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"apiguard: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (ConfigError, CharterConfigError) as error:
+    except (ConfigError, CharterConfigError, DirectoryError) as error:
         print(f"apiguard: configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

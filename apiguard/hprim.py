@@ -186,7 +186,6 @@ class HprimRecord:
             "first_name": bool(self.first_name),
             "birth_date": self.birth_date is not None,
             "nir": bool(self.nir_text),
-            "nir_key_valid": nir_key_valid(self.nir_text) is not False,
             "address": bool(self.address_1 or self.address_2 or self.postcode or self.city),
             "exam_number": bool(self.exam_number),
             "exam_date": self.exam_date is not None,

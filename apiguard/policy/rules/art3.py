@@ -141,7 +141,8 @@ class AttachmentOnly(Rule):
     default_action = Action.HOLD
 
     def check(self, ctx: MessageContext) -> Finding | None:
-        if not ctx.message.attachments or has_hprim_body(ctx):
+        # Delivery reports carry the returned message as a part: not a letter.
+        if ctx.is_notification or not ctx.message.attachments or has_hprim_body(ctx):
             return None
         words = letter_words(ctx.message.text)
         if words >= MIN_BODY_WORDS:
