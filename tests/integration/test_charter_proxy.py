@@ -47,10 +47,10 @@ RCP_LETTER = (
 ).encode("latin-1")
 
 NO_PATIENT = (
-    "From: dr.martin@medical13.apicrypt.org\r\nTo: dr.durand@medical69.apicrypt.org\r\n"
-    "Subject: Question\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    "Bonjour, peux-tu me rappeler demain matin au cabinet ? Merci.\r\n"
-).encode()
+    b"From: dr.martin@medical13.apicrypt.org\r\nTo: dr.durand@medical69.apicrypt.org\r\n"
+    b"Subject: Question\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Bonjour, peux-tu me rappeler demain matin au cabinet ? Merci.\r\n"
+)
 
 
 def assert_no_patient_data(text: str) -> None:
