@@ -56,10 +56,12 @@ class PatientData:
 
 
 # --- building blocks (case-sensitive: capitals tell names from prose) -------
+# Every repetition is bounded (`_bounded` below, {1,40} in words) so that a
+# search stays linear on hostile input such as thousands of spaces.
 _UP = "A-ZÀ-ÖØ-Þ"
 _LOW = "a-zß-öø-ÿ"
-_UPPER_WORD = rf"[{_UP}](?:[{_UP}]|['’\-](?=[{_UP}]))+"
-_CAPITAL_WORD = rf"[{_UP}][{_LOW}]+(?:[\-'’][{_UP}]?[{_LOW}]+)*"
+_UPPER_WORD = rf"[{_UP}](?:[{_UP}]|['’\-](?=[{_UP}])){{1,40}}"
+_CAPITAL_WORD = rf"[{_UP}][{_LOW}]{{1,40}}(?:[\-'’][{_UP}]?[{_LOW}]{{1,40}}){{0,3}}"
 _NAME_WORD = rf"(?:{_UPPER_WORD}|{_CAPITAL_WORD})"
 _NAME = rf"{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,3}}"
 _CIVILITY = (
@@ -78,37 +80,49 @@ _BIRTH_LABEL = (
     r"(?i:n[ée](?:e|\(e\))?[ \t]+le|date[ \t]+de[ \t]+naissance|d\.?d\.?n\.?|"
     r"n[ée](?:e|\(e\))?[ \t]+en|date[ \t]+of[ \t]+birth|d\.?o\.?b\.?|born[ \t]+on)"
 )
-_BIRTH = rf"{_BIRTH_LABEL}[ \t]*:?[ \t]*{_DATE}"
+_BIRTH = rf"{_BIRTH_LABEL}[ \t]*:?[ \t]*\n?[ \t]*{_DATE}"
 _AGE = r"(?:[ \t]*,?[ \t]*\d{1,3}[ \t]*ans)?"
 _GAP = r"[ \t]*[,;(\-]?[ \t]*(?:\n[ \t]*[(\-]?[ \t]*)?"
 
-_NAME_BIRTH = re.compile(
+
+def _bounded(pattern: str) -> re.Pattern[str]:
+    """Compile with white-space runs capped at 20 characters."""
+    capped = pattern.replace("[ \\t]*", "[ \\t]{0,20}").replace("[ \\t]+", "[ \\t]{1,20}")
+    return re.compile(capped.replace("[ \\t>]*", "[ \\t>]{0,20}"))
+
+
+_NAME_BIRTH = _bounded(
     rf"(?<![\w.])(?:(?P<civ>{_CIVILITY})[ \t]+)?(?P<name>{_NAME}){_AGE}{_GAP}{_BIRTH}"
 )
-_LABEL = re.compile(
+_LABEL = _bounded(
     r"(?m)^[ \t>]*(?P<label>(?i:patient(?:e|\(e\))?|nom[ \t]+d[eu][ \t]+(?:la[ \t]+)?patiente?|"
     r"identit[ée](?:[ \t]+d[eu][ \t]+(?:la[ \t]+)?patiente?)?|concerne|objet|"
     r"r[ée]f(?:\.|[ée]rence)?[ \t]+patient))"
     rf"[ \t]*:[ \t]*(?:(?P<civ>{_CIVILITY})[ \t]+)?(?P<name>{_NAME})"
 )
-_REFERENCE = re.compile(
+_REFERENCE = _bounded(
     r"(?i:(?:votre|notre|mon|ma|cette|le|la)[ \t]+(?:jeune[ \t]+)?"
     r"patient(?:e|\(e\))?)[ \t]*,?[ \t]*"
     rf"(?:(?P<civ>{_CIVILITY})[ \t]+)?(?P<name>{_NAME})[^\n]{{0,40}}?{_DATE}"
 )
 # A form field's value: up to four words, stopping at the next field's label.
 _NEXT_LABEL = r"(?i:pr[ée]noms?\b|n[ée](?:e|\(e\))?[ \t]+le\b|date\b|ddn\b|sexe\b)"
-_FIELD_VALUE = rf"[^\W\d_][\w'’\-]*(?:[ \t]+(?!{_NEXT_LABEL})[^\W\d_][\w'’\-]*){{0,3}}"
-_FIELD_LAST = re.compile(
+_FIELD_VALUE = (
+    rf"[^\W\d_][\w'’\-]{{0,40}}(?:[ \t]+(?!{_NEXT_LABEL})[^\W\d_][\w'’\-]{{0,40}}){{0,3}}"
+)
+_FIELD_LAST = _bounded(
     r"(?<![\w])(?i:nom(?:[ \t]+(?:de[ \t]+naissance|d'usage|d’usage|de[ \t]+famille|"
     r"du[ \t]+patient|de[ \t]+la[ \t]+patiente))?)(?P<both>[ \t]+(?i:et[ \t]+pr[ée]noms?))?"
     r"[ \t]*:[ \t]*"
     rf"(?P<value>{_FIELD_VALUE})"
 )
-_FIELD_FIRST = re.compile(rf"(?<![\w])(?i:pr[ée]noms?)[ \t]*:[ \t]*(?P<value>{_FIELD_VALUE})")
-_FIELD_BIRTH = re.compile(rf"(?<![\w]){_BIRTH}")
+_FIELD_FIRST = _bounded(rf"(?<![\w])(?i:pr[ée]noms?)[ \t]*:[ \t]*(?P<value>{_FIELD_VALUE})")
+_FIELD_BIRTH = _bounded(rf"(?<![\w]){_BIRTH}")
 # How far (characters) identity form fields may sit from the last-name field.
 _FIELD_WINDOW = 300
+# Letters identify their patient near the top: the text search reads this much
+# of the body, which bounds its cost on huge bodies.
+TEXT_SCAN_LIMIT = 100_000
 
 _CIVILITY_WORDS = frozenset(
     {"madame", "mademoiselle", "monsieur", "mme", "mlle", "mr", "m", "enfant", "bébé", "bebe"}
@@ -167,7 +181,9 @@ def _names_a_person(civility: str | None, name: str) -> bool:
 
 
 def find_text_identities(text: str, today: date) -> list[tuple[str, PatientIdentity]]:
-    """Every (signal, identity) the letter's text gives. Never raises."""
+    """Every (signal, identity) in the first `TEXT_SCAN_LIMIT` characters of
+    the letter's text. Never raises."""
+    text = text[:TEXT_SCAN_LIMIT]
     found: list[tuple[str, PatientIdentity]] = []
 
     def add(signal: str, name: str, birth: str | None) -> None:

@@ -48,53 +48,70 @@ class PhraseScore:
         return tuple(name for name, _ in self.signals)
 
 
-def _phrase_pattern(phrase: str) -> str:
-    # Word boundaries only where the phrase starts or ends with a word
-    # character: "% de reduction" must still match "20% de reduction".
-    head = r"(?<!\w)" if phrase[0].isalnum() else ""
-    tail = r"(?!\w)" if phrase[-1].isalnum() else ""
-    return head + re.escape(phrase) + tail
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def tokens(text: str) -> tuple[str, ...]:
+    """Folded words and single punctuation marks: "20% de réduction" gives
+    ("20", "%", "de", "reduction")."""
+    return tuple(_TOKEN.findall(fold(text)))
 
 
 class PhraseBook:
-    """Named signals, each a set of weighted phrases, compiled for scoring."""
+    """Named signals, each a set of weighted phrases, indexed for scoring.
+
+    A phrase matches a run of whole tokens, so "rsvp" never matches inside a
+    word and scoring is linear in the length of the text.
+    """
 
     def __init__(self, signals: Mapping[str, Mapping[str, float]]) -> None:
-        self.signals: dict[str, dict[str, float]] = {}
+        self.signals: dict[str, dict[tuple[str, ...], float]] = {}
         for signal, phrases in signals.items():
-            folded = {fold(p): float(w) for p, w in phrases.items() if fold(p) and w > 0}
-            if folded:
-                self.signals[signal] = folded
-        self._patterns = {
-            signal: re.compile(
-                "|".join(_phrase_pattern(p) for p in sorted(phrases, key=len, reverse=True))
-            )
-            for signal, phrases in self.signals.items()
-        }
+            weighted = {tokens(p): float(w) for p, w in phrases.items() if tokens(p) and w > 0}
+            if weighted:
+                self.signals[signal] = weighted
+        # First token -> (phrase tokens, signal, weight), longest phrases first.
+        self._index: dict[str, list[tuple[tuple[str, ...], str, float]]] = {}
+        for signal, weighted in self.signals.items():
+            for phrase, weight in weighted.items():
+                self._index.setdefault(phrase[0], []).append((phrase, signal, weight))
+        for entries in self._index.values():
+            entries.sort(key=lambda entry: -len(entry[0]))
 
     def merged(self, extra: Mapping[str, Mapping[str, float]], *, replace: bool) -> PhraseBook:
         """This book with `extra` phrases added (a weight of 0 removes one), or
         only `extra` when `replace` is set."""
         if replace:
             return PhraseBook(extra)
-        combined: dict[str, dict[str, float]] = {s: dict(p) for s, p in self.signals.items()}
+        combined: dict[str, dict[str, float]] = {
+            signal: {" ".join(phrase): weight for phrase, weight in weighted.items()}
+            for signal, weighted in self.signals.items()
+        }
         for signal, phrases in extra.items():
             target = combined.setdefault(signal, {})
             for phrase, weight in phrases.items():
-                target[fold(phrase)] = float(weight)
+                target[" ".join(tokens(phrase))] = float(weight)
         return PhraseBook(combined)
 
     def score(self, text: str) -> PhraseScore:
         """Sum, per signal, the weights of the distinct phrases found in `text`."""
-        folded = fold(text)
-        hits: list[tuple[str, float]] = []
-        for signal, pattern in self._patterns.items():
-            found = {match.group(0) for match in pattern.finditer(folded)}
-            weight = sum(self.signals[signal].get(phrase, 0.0) for phrase in found)
-            if weight > 0:
-                hits.append((signal, weight))
-        hits.sort()
-        return PhraseScore(total=sum(w for _, w in hits), signals=tuple(hits))
+        words = tokens(text)
+        found: dict[tuple[tuple[str, ...], str], float] = {}
+        position = 0
+        while position < len(words):
+            step = 1
+            for phrase, signal, weight in self._index.get(words[position], ()):
+                if words[position : position + len(phrase)] == phrase:
+                    # The longest phrase starting here; matches do not overlap.
+                    found[(phrase, signal)] = weight
+                    step = len(phrase)
+                    break
+            position += step
+        per_signal: dict[str, float] = {}
+        for (_, signal), weight in found.items():
+            per_signal[signal] = per_signal.get(signal, 0.0) + weight
+        hits = tuple(sorted(per_signal.items()))
+        return PhraseScore(total=sum(w for _, w in hits), signals=hits)
 
 
 @functools.cache

@@ -17,10 +17,12 @@ from apiguard.policy.verdict import Decision, Finding
 # The rule modules, in the order their rules run. Each exports `RULES`.
 RULE_MODULES: tuple[str, ...] = (
     "apiguard.policy.rules.recipients",
+    "apiguard.policy.rules.lookalike",
     "apiguard.policy.rules.mime",
     "apiguard.policy.rules.encrypted",
     "apiguard.policy.rules.art1",
     "apiguard.policy.rules.art2",
+    "apiguard.policy.rules.volume",
     "apiguard.policy.rules.art3",
     "apiguard.policy.rules.art4",
     "apiguard.policy.rules.formats",

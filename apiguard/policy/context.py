@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
     from apiguard.attachments import AttachmentAnalysis
     from apiguard.hprim import HprimScan
     from apiguard.patient import PatientData
+    from apiguard.policy.rules.lookalike import KnownCorrespondents
+    from apiguard.volume import VolumeSnapshot
+
     pass
 
 
@@ -29,6 +32,11 @@ class CharterContext:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     # The correspondents directory (apiguard.correspondents), loaded by app.py.
     directory: Any = None
+    # Addresses already delivered to, plus the directory's (recipient.lookalike).
+    known_correspondents: KnownCorrespondents | None = None
+    # Per message: what the store remembers (art2.fanout/duplicate/rate);
+    # None when there is no store, and those rules are skipped.
+    volume: VolumeSnapshot | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,4 +104,8 @@ class MessageContext:
 
         if self.apicrypt_encrypted and reads_content(rule_id):
             return "content.encrypted"
+        from apiguard.volume import NO_STORE, VOLUME_RULES
+
+        if rule_id in VOLUME_RULES and self.charter.volume is None:
+            return NO_STORE
         return None

@@ -18,9 +18,7 @@ from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-ROWS: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text("utf-8"))[
-    "message"
-]
+ROWS: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text("utf-8"))["message"]
 
 
 def envelope_for(row: dict[str, Any], message: ParsedMessage) -> Envelope:
