@@ -8,10 +8,11 @@ import dataclasses
 import email.utils
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from apiguard import __version__
 from apiguard.config import ConfigError, Settings, load_settings
@@ -20,6 +21,11 @@ from apiguard.mail import Envelope, ParsedMessage, parse_message
 from apiguard.policy.charter import CharterConfigError
 from apiguard.policy.context import MessageContext
 from apiguard.policy.verdict import Decision, Finding, Verdict, decide
+
+if TYPE_CHECKING:
+    from apiguard.policy.charter import Charter
+    from apiguard.store.volume import VolumeStore
+    from apiguard.volume import VolumeSnapshot
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -57,7 +63,24 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", default=argparse.SUPPRESS)
     listing.add_argument("--json", action="store_true")
     listing.add_argument("--limit", type=int, default=100)
-    for name in ("show", "release", "reject"):
+    actions.add_parser(
+        "hash-password",
+        help="print a password hash for [review.users] (reads the password on the terminal"
+        " or one line of standard input)",
+    )
+    circuit = actions.add_parser(
+        "circuit", help="senders whose circuit is open (too many messages, Art. 2)"
+    )
+    circuit.add_argument("--config", default=argparse.SUPPRESS)
+    circuit_actions = circuit.add_subparsers(dest="circuit_action", required=True)
+    circuit_list = circuit_actions.add_parser("list", help="list open circuits")
+    circuit_close = circuit_actions.add_parser("close", help="close a sender's circuit")
+    circuit_close.add_argument("sender")
+    circuit_close.add_argument("--actor", default="cli")
+    for sub in (circuit_list, circuit_close):
+        sub.add_argument("--config", default=argparse.SUPPRESS)
+        sub.add_argument("--json", action="store_true")
+    for name in ("show", "release", "reject", "cancel"):
         sub = actions.add_parser(name)
         sub.add_argument("id")
         sub.add_argument("--config", default=argparse.SUPPRESS)
@@ -80,9 +103,19 @@ def _addresses(values: list[str]) -> list[str]:
 
 
 def check_message(
-    settings: Settings, raw: bytes, mail_from: str | None, rcpt_to: list[str]
+    settings: Settings,
+    raw: bytes,
+    mail_from: str | None,
+    rcpt_to: list[str],
+    *,
+    use_store: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole charter on one message, as the proxy would, without storing it."""
+    """Run the whole charter on one message, as the proxy would, without storing it.
+
+    With `use_store` and a store under `storage.path`, the volume rules count in
+    it (read-only) and known correspondents come from it; otherwise the volume
+    rules are reported as skipped.
+    """
     from apiguard.app import build_charter
 
     charter = build_charter(settings)
@@ -92,6 +125,12 @@ def check_message(
         senders = _addresses(parsed.header_all("From"))
         sender = senders[0] if senders else ""
     recipients = rcpt_to or _addresses(parsed.header_all("To") + parsed.header_all("Cc"))
+    memory = _open_memory(settings) if use_store else None
+    if memory is not None:
+        from apiguard.policy.rules.lookalike import known_correspondents
+
+        known = known_correspondents(charter.context.directory, memory.known_addresses())
+        charter.context = dataclasses.replace(charter.context, known_correspondents=known)
     refused: list[str] = []
     recipient_findings: list[Finding] = []
     accepted: list[str] = []
@@ -102,7 +141,8 @@ def check_message(
             recipient_findings.extend(hits)
         else:
             accepted.append(rcpt)
-    context = dataclasses.replace(charter.context, now=datetime.now(UTC))
+    volume = _peek_and_close(memory, charter, parsed, sender, accepted)
+    context = dataclasses.replace(charter.context, now=datetime.now(UTC), volume=volume)
     ctx = MessageContext(Envelope(sender, tuple(accepted)), parsed, context)
     decision = charter.check_context(ctx, include_recipient_rules=True)
     findings = recipient_findings + list(decision.findings)
@@ -118,6 +158,50 @@ def check_message(
     }
     result.update(_derived_facts(ctx, decision))
     return result
+
+
+def _open_memory(settings: Settings) -> VolumeStore | None:
+    """The store's volume memory, read-only; None when there is no store."""
+    from apiguard.store.base import StoreError
+    from apiguard.store.sqlite import SqliteStore
+    from apiguard.store.volume import VolumeStore
+
+    if not (settings.storage.path / "apiguard.sqlite3").exists():
+        return None
+    try:
+        return VolumeStore(SqliteStore(settings.storage.path, readonly=True), readonly=True)
+    except StoreError as error:
+        raise UsageError(f"{settings.storage.path}: cannot read the store: {error}") from None
+
+
+def _peek_and_close(
+    memory: VolumeStore | None,
+    charter: Charter,
+    parsed: ParsedMessage,
+    sender: str,
+    recipients: list[str],
+) -> VolumeSnapshot | None:
+    """What the store remembers for this message, as `serve` would count it."""
+    if memory is None:
+        return None
+    from apiguard.fingerprint import content_fingerprint
+    from apiguard.store.base import StoreError
+    from apiguard.volume import NO_HISTORY, VolumeWindows
+
+    try:
+        if sender in ("", "<>"):
+            return NO_HISTORY
+        return memory.peek(
+            content_fingerprint(parsed, recipients),
+            sender,
+            recipients,
+            time.time(),
+            VolumeWindows.from_charter(charter),
+        )
+    except StoreError as error:
+        raise UsageError(f"cannot read the store: {error}") from None
+    finally:
+        memory.store.close()
 
 
 def _derived_facts(ctx: MessageContext, decision: Decision) -> dict[str, Any]:
@@ -198,16 +282,21 @@ def _review(args: argparse.Namespace) -> int:
     from apiguard.review.service import ReviewOutcome, ReviewService
     from apiguard.store.sqlite import SqliteStore
 
+    if args.action == "hash-password":
+        return _hash_password()
     settings = _settings(args.config)
     database = settings.storage.path / "apiguard.sqlite3"
     if not database.exists():
         raise UsageError(f"{database}: no store here (has `apiguard serve` run?)")
+    if args.action == "circuit":
+        return _circuit(args, settings)
     store = SqliteStore(settings.storage.path)
     service = ReviewService(
         store,
         NoticeIdentity(
             settings.notices.from_address, settings.notices.from_name, settings.smtp.hostname
         ),
+        hold_days=settings.review.hold_days,
     )
     try:
         if args.action == "list":
@@ -239,6 +328,8 @@ def _review(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.action == "release":
             result = service.release(args.id, args.actor, args.comment)
+        elif args.action == "cancel":
+            result = service.cancel(args.id, args.actor, args.comment)
         else:
             result = service.reject(args.id, args.actor, args.comment)
         if args.json:
@@ -252,10 +343,19 @@ def _review(args: argparse.Namespace) -> int:
                 )
             )
         elif result.outcome is ReviewOutcome.DONE:
-            verb = "libéré / released" if args.action == "release" else "refusé / rejected"
+            verb = {
+                "release": "libéré / released",
+                "cancel": "envoi annulé / sending cancelled",
+            }.get(args.action, "refusé / rejected")
             print(f"{result.message_id}: {verb}")
         elif result.outcome is ReviewOutcome.NOT_FOUND:
             print(f"{args.id}: message inconnu / unknown message", file=sys.stderr)
+        elif result.outcome is ReviewOutcome.TOO_LATE:
+            print(
+                f"{args.id}: trop tard, l'envoi a commencé ou le délai est passé ({result.state})"
+                " / too late: sending has begun",
+                file=sys.stderr,
+            )
         else:
             print(
                 f"{args.id}: ce message n'est pas en attente ({result.state}) / "
@@ -265,6 +365,78 @@ def _review(args: argparse.Namespace) -> int:
         return EXIT_OK if result.outcome is ReviewOutcome.DONE else EXIT_ERROR
     finally:
         store.close()
+
+
+def _circuit(args: argparse.Namespace, settings: Settings) -> int:
+    """`review circuit list|close SENDER`: senders held for sending too much."""
+    from apiguard.store.sqlite import SqliteStore
+    from apiguard.store.volume import VolumeStore
+
+    volume = VolumeStore(SqliteStore(settings.storage.path))
+    try:
+        if args.circuit_action == "list":
+            circuits = volume.circuits()
+            if args.json:
+                print(json.dumps([_circuit_json(c) for c in circuits], ensure_ascii=False))
+            elif not circuits:
+                print("Aucun circuit ouvert. / No open circuit.")
+            else:
+                for c in circuits:
+                    when = datetime.fromtimestamp(c.opened_at, UTC).strftime("%Y-%m-%d %H:%M")
+                    print(
+                        f"{c.sender}  ouvert/opened {when}  {c.messages_short} msg/10 min"
+                        f"  {c.messages_day} msg/24 h  {c.held_messages} retenu(s)/held"
+                    )
+            return EXIT_OK
+        closed = volume.close_circuit(args.sender, args.actor, time.time())
+        sender = args.sender.strip().lower()
+        circuits = volume.circuits(open_only=False)
+        held = next((c.held_messages for c in circuits if c.sender == sender), 0)
+        if args.json:
+            print(json.dumps({"sender": args.sender, "closed": closed, "held_messages": held}))
+        elif closed:
+            print(
+                f"{args.sender}: circuit fermé / circuit closed. {held} message(s) retenu(s) "
+                "restent à relire / held messages stay for review: apiguard review list"
+            )
+        else:
+            print(
+                f"{args.sender}: aucun circuit ouvert pour cet expéditeur / "
+                "no open circuit for this sender",
+                file=sys.stderr,
+            )
+        return EXIT_OK if closed else EXIT_ERROR
+    finally:
+        volume.store.close()
+
+
+def _circuit_json(circuit: Any) -> dict[str, Any]:
+    return {
+        "sender": circuit.sender,
+        "state": circuit.state,
+        "opened_at": datetime.fromtimestamp(circuit.opened_at, UTC).isoformat(),
+        "times_opened": circuit.times_opened,
+        "messages_10min": circuit.messages_short,
+        "messages_day": circuit.messages_day,
+        "held_messages": circuit.held_messages,
+    }
+
+
+def _hash_password() -> int:
+    import getpass
+
+    from apiguard.review.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Mot de passe / Password: ")
+        if getpass.getpass("Encore / Again: ") != password:
+            raise UsageError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise UsageError("password too short: use at least 8 characters")
+    print(hash_password(password))
+    return EXIT_OK
 
 
 # -- main ----------------------------------------------------------------------
@@ -283,10 +455,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except OSError as error:
-        raise ConfigError(
-            f"cannot listen on {settings.smtp.host}:{settings.smtp.port}: {error.strerror or error}"
-        ) from None
+    except (ConfigError, CharterConfigError, DirectoryError, KeyboardInterrupt):
+        raise  # one line from main(): the key or file and the problem
+    except Exception as error:
+        # Anything else, at start-up or later: still one line, never a traceback.
+        reason = " ".join(str(error).split())[:300]
+        print(f"apiguard: stopped: {type(error).__name__}: {reason}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -298,7 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             settings = _settings(args.config)
             raw = _read_input(args.file)
-            result = check_message(settings, raw, args.mail_from, args.rcpt_to)
+            result = check_message(
+                settings, raw, args.mail_from, args.rcpt_to, use_store=args.config is not None
+            )
             _print_check(result, args.json)
             return EXIT_OK
         if args.command == "review":

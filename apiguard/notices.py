@@ -326,3 +326,55 @@ Any other recipients are not affected."""
         arrival=arrival,
         recipients=failures,
     )
+
+
+def circuit_alert(
+    *,
+    identity: NoticeIdentity,
+    to: str,
+    sender: str,
+    messages_short: int,
+    messages_day: int,
+    limit_short: int,
+    limit_day: int,
+    opened_at: float,
+) -> bytes:
+    """Tells the administrator and the sender, once, that a sender's circuit opened."""
+    text_fr = f"""Bonjour,
+
+apiguard a ouvert le circuit de l'expéditeur {sender} le {_when(opened_at)} : \
+{messages_short} message(s) en 10 minutes (limite {limit_short}) et {messages_day} en \
+24 h (limite {limit_day}). Un logiciel qui envoie en boucle, ou un envoi en masse, \
+ressemble à cela ; la charte APICRYPT le compte comme du spam (Article 2).
+
+Tant que le circuit est ouvert, tous les messages de cet expéditeur sont retenus pour \
+relecture : aucun n'est envoyé. Vous ne recevrez pas d'autre avis pour ce circuit.
+
+Que faire : vérifiez le logiciel ou le poste qui envoie, puis une personne habilitée \
+ferme le circuit (`apiguard review circuit close {sender}`) et libère ou refuse les \
+messages retenus (`apiguard review list`)."""
+    text_en = f"""Hello,
+
+apiguard opened the circuit of sender {sender} on {_when(opened_at)}: \
+{messages_short} message(s) in 10 minutes (limit {limit_short}) and {messages_day} in \
+24 h (limit {limit_day}). A software sending in a loop, or a mass mailing, looks like \
+this; the APICRYPT charter counts it as spam (Article 2).
+
+While the circuit is open, every message from this sender is held for review: none is \
+sent. You will not get another notice for this circuit.
+
+What to do: check the software or computer that sends, then an authorised person closes \
+the circuit (`apiguard review circuit close {sender}`) and releases or refuses the held \
+messages (`apiguard review list`)."""
+    alert = MIMENonMultipart("text", "plain")
+    alert["From"] = email.utils.formataddr((identity.from_name, identity.from_address))
+    alert["To"] = to
+    alert["Subject"] = "Circuit ouvert : envois retenus / Circuit open: messages held"
+    alert["Date"] = email.utils.formatdate(opened_at, localtime=False)
+    domain = identity.from_address.rpartition("@")[2] or "apiguard.localhost"
+    alert["Message-ID"] = f"<{secrets.token_hex(12)}@{domain}>"
+    alert["Auto-Submitted"] = "auto-generated"
+    alert["Content-Language"] = "fr, en"
+    separator = "\n\n" + "-" * 20 + " English version " + "-" * 20 + "\n\n"
+    alert.set_payload(text_fr.strip() + separator + text_en.strip() + "\n", _QP_UTF8)
+    return alert.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -1,7 +1,9 @@
-"""The story of one message: parse → decide → store → reply.
+"""The story of one message: parse → fingerprint → count → decide → store → settle → reply.
 
 Nothing is acknowledged before it is durably stored; a failure to store answers
 451 4.3.0. Rejections and holds cause notices, stored in the same transaction.
+Counting (fan-out, duplicates, rate) reserves the message's place in the store
+before the charter decides, so concurrent sessions see each other exactly.
 """
 
 from __future__ import annotations
@@ -10,36 +12,76 @@ import asyncio
 import dataclasses
 import email.utils
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import structlog
 
+from apiguard import metrics
 from apiguard.config import Settings
 from apiguard.delivery import new_message_id, notice_message
+from apiguard.fingerprint import content_fingerprint
 from apiguard.mail import Envelope, ParsedMessage, parse_message
-from apiguard.notices import NoticeIdentity, hold_notice, reject_notice
+from apiguard.notices import NoticeIdentity, circuit_alert, hold_notice, reject_notice
 from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
 from apiguard.smtp import replies
 from apiguard.smtp.replies import Reply
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageKind, MessageState, NewMessage, StoreError
+from apiguard.store.volume import VolumeStore
+from apiguard.volume import (
+    NO_HISTORY,
+    RATE,
+    Settlement,
+    SettleOutcome,
+    VolumeSnapshot,
+    VolumeWindows,
+    held_by_open_circuit_only,
+)
 
 log = structlog.get_logger("apiguard.pipeline")
 
 # Messages larger than this are parsed and judged on a worker thread, so that a
 # big attachment never stalls the other SMTP sessions.
 OFF_LOOP_SIZE = 256 * 1024
+_INTERNAL_ERROR = Reply(
+    451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later"
+)
+T = TypeVar("T")
+
+
+def read_message(raw: bytes, recipients: Sequence[str] = ()) -> tuple[ParsedMessage, str | None]:
+    """Parse one message and fingerprint its content (pure)."""
+    parsed = parse_message(raw)
+    return parsed, content_fingerprint(parsed, recipients)
+
+
+def judge(
+    charter: Charter,
+    envelope: Envelope,
+    parsed: ParsedMessage,
+    now: datetime,
+    volume: VolumeSnapshot | None = None,
+) -> Decision:
+    """Run the whole charter on a parsed message (pure). Without a `volume`
+    snapshot the volume rules are skipped."""
+    context = dataclasses.replace(charter.context, now=now, volume=volume)
+    return charter.check_message(envelope, parsed, context, include_recipient_rules=True)
 
 
 def evaluate(
-    charter: Charter, envelope: Envelope, raw: bytes, now: datetime | None = None
+    charter: Charter,
+    envelope: Envelope,
+    raw: bytes,
+    now: datetime | None = None,
+    *,
+    volume: VolumeSnapshot | None = None,
 ) -> tuple[ParsedMessage, Decision]:
     """Parse and judge one message (pure: used by the proxy and `apiguard check`)."""
     parsed = parse_message(raw)
-    context = dataclasses.replace(charter.context, now=now or datetime.now(UTC))
-    return parsed, charter.check_message(envelope, parsed, context, include_recipient_rules=True)
+    return parsed, judge(charter, envelope, parsed, now or datetime.now(UTC), volume)
 
 
 class Pipeline:
@@ -53,9 +95,13 @@ class Pipeline:
         *,
         on_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        volume: VolumeStore | None = None,
     ) -> None:
         self.charter = charter
         self.store = store
+        # Without it (no memory across messages) the volume rules are skipped.
+        self.volume = volume
+        self.windows = VolumeWindows.from_charter(charter)
         self.settings = settings
         self.on_queued = on_queued
         self.clock = clock
@@ -71,6 +117,7 @@ class Pipeline:
         refusing = [f for f in findings if f.action.value == "reject"]
         if refusing:
             log.info("smtp.recipient_refused", rule=refusing[0].rule)
+            metrics.record_findings(refusing)
             return replies.recipient_refused(refusing[0])
         return None
 
@@ -79,25 +126,52 @@ class Pipeline:
     ) -> Reply:
         message_id = new_message_id()
         now = self.clock()
+        off_loop = len(raw) > OFF_LOOP_SIZE
         try:
-            if len(raw) > OFF_LOOP_SIZE:
-                _, decision = await asyncio.to_thread(evaluate, self.charter, envelope, raw)
-            else:
-                _, decision = evaluate(self.charter, envelope, raw)
+            parsed, fingerprint = await self._compute(
+                off_loop, read_message, raw, envelope.rcpt_tos
+            )
         except Exception as error:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
-            return Reply(
-                451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later"
+            metrics.record_error("evaluation")
+            return _INTERNAL_ERROR
+        try:
+            snapshot = await self._observe(message_id, envelope, fingerprint, now)
+        except StoreError as error:
+            log.error("smtp.volume_failed", message_id=message_id, error=str(error)[:200])
+            metrics.record_error("store")
+            return replies.STORE_FAILED
+        try:
+            when = datetime.fromtimestamp(now, UTC)
+            decision = await self._compute(
+                off_loop, judge, self.charter, envelope, parsed, when, snapshot
             )
+        except Exception as error:
+            log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
+            metrics.record_error("evaluation")
+            await self._settle(message_id, envelope, snapshot, None, now)
+            return _INTERNAL_ERROR
         stored_raw = self._trace(message_id, peer, helo, now) + raw
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         try:
             await self.store.accept(message, notices)
         except StoreError as error:
             log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])
+            metrics.record_error("store")
+            await self._settle(message_id, envelope, snapshot, decision, now, stored=False)
             return replies.STORE_FAILED
-        if message.state is MessageState.QUEUED or notices:
+        settled = await self._settle(message_id, envelope, snapshot, decision, now)
+        if message.state is MessageState.QUEUED or notices or settled.circuit_opened:
             self.on_queued()
+        if settled.circuit_opened or settled.copies_refused or settled.self_refused:
+            log.info(
+                "volume.settled",
+                message_id=message_id,
+                circuit_opened=settled.circuit_opened,
+                copies_refused=settled.copies_refused,
+                self_refused=settled.self_refused,
+            )
+        metrics.record_decision(decision)
         reply = self._reply(message_id, decision)
         log.info(
             "smtp.decision",
@@ -110,6 +184,87 @@ class Pipeline:
             reply=reply.code,
         )
         return reply
+
+    async def _compute(self, off_loop: bool, function: Callable[..., T], *args: Any) -> T:
+        """Pure work, on a worker thread for big messages."""
+        if off_loop:
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
+
+    async def _observe(
+        self, message_id: str, envelope: Envelope, fingerprint: str | None, now: float
+    ) -> VolumeSnapshot | None:
+        """Reserve the message's place in the volume counts (raises StoreError)."""
+        if self.volume is None:
+            return None
+        if envelope.is_notification:
+            return NO_HISTORY
+        return await self.store.run(
+            self.volume.observe,
+            message_id,
+            fingerprint,
+            envelope.mail_from,
+            envelope.rcpt_tos,
+            now,
+            self.windows,
+        )
+
+    async def _settle(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        snapshot: VolumeSnapshot | None,
+        decision: Decision | None,
+        now: float,
+        *,
+        stored: bool = True,
+    ) -> SettleOutcome:
+        """Tell the volume store the decision. A failure here is logged only: the
+        reservation is settled at the next start-up."""
+        if self.volume is None or snapshot is None or envelope.is_notification:
+            return SettleOutcome()
+        settlement = Settlement.of(
+            message_id, envelope.mail_from, snapshot, decision, stored=stored
+        )
+        alerts = self._circuit_alerts(message_id, envelope.mail_from, snapshot, now)
+        try:
+            return await self.store.run(
+                self.volume.settle,
+                settlement,
+                now,
+                self.windows,
+                alerts if settlement.open_circuit else (),
+            )
+        except StoreError as error:
+            log.error("smtp.volume_settle_failed", message_id=message_id, error=str(error)[:200])
+            return SettleOutcome()
+
+    def _circuit_alerts(
+        self, message_id: str, sender: str, snapshot: VolumeSnapshot, now: float
+    ) -> tuple[NewMessage, ...]:
+        """The once-only alerts for a circuit opening: to `alerts.to` and the sender."""
+        rule = self.charter.rule(RATE)
+        limits = getattr(rule.params, "limits_for", None) if rule is not None else None
+        per_short, per_day = limits(sender) if callable(limits) else (0, 0)
+        targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender) if t)
+        return tuple(
+            notice_message(
+                circuit_alert(
+                    identity=self.identity,
+                    to=target,
+                    sender=sender,
+                    messages_short=snapshot.sender_short,
+                    messages_day=snapshot.sender_day,
+                    limit_short=per_short,
+                    limit_day=per_day,
+                    opened_at=now,
+                ),
+                target,
+                message_id,
+                now,
+            )
+            for target in targets
+        )
 
     def _trace(self, message_id: str, peer: str, helo: str, now: float) -> bytes:
         helo_text = "".join(c for c in helo if c.isalnum() or c in ".-[]:")[:100] or "unknown"
@@ -141,6 +296,8 @@ class Pipeline:
             verdict=verdict.value,
             state=state,
             findings=decision.findings,
+            # The grace period ("undo send"): forwarded mail waits `review.send_delay`.
+            not_before=now + self.settings.review.send_delay,
         )
         notices: list[NewMessage] = []
         if not envelope.is_notification:
@@ -155,7 +312,12 @@ class Pipeline:
                     original_raw=raw,
                     arrival=now,
                 )
-            elif verdict is Verdict.HOLD and self.settings.notices.on_hold:
+            elif (
+                verdict is Verdict.HOLD
+                and self.settings.notices.on_hold
+                # The sender was alerted once when its circuit opened: no notice per message.
+                and not held_by_open_circuit_only(decision.findings)
+            ):
                 notice_raw = hold_notice(
                     identity=self.identity,
                     message_id=message_id,

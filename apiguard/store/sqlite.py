@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,11 @@ class SqliteStore:
         self.directory = Path(directory)
         self.path = self.directory / "apiguard.sqlite3"
         self._lock = threading.RLock()
+        # Run inside complete()'s transaction (apiguard.store.volume remembers
+        # the addresses delivered to).
+        self.completion_hooks: list[
+            Callable[[sqlite3.Connection, str, list[RecipientOutcome]], None]
+        ] = []
         try:
             if not readonly:
                 secure_directory(self.directory)
@@ -251,6 +256,8 @@ class SqliteStore:
             )
             for notice in notices:
                 self._insert(db, notice)
+            for hook in self.completion_hooks:
+                hook(db, message_id, outcomes)
             self._finish_if_final(db, message_id)
 
     def _finish_if_final(self, db: sqlite3.Connection, message_id: str) -> None:
@@ -345,6 +352,109 @@ class SqliteStore:
     def count_messages(self, state: MessageState) -> int:
         rows = self._read("SELECT COUNT(*) FROM messages WHERE state = ?", (state.value,))
         return int(rows[0][0])
+
+    # -- review page: filters, paging, expiry, grace period -----------------
+
+    @staticmethod
+    def _held_filter(rule: str | None, sender: str | None) -> tuple[str, list[object]]:
+        where = "state = ?"
+        args: list[object] = [MessageState.HELD.value]
+        if rule:
+            where += (
+                " AND EXISTS (SELECT 1 FROM json_each(messages.findings)"
+                " WHERE json_extract(json_each.value, '$.rule') = ?)"
+            )
+            args.append(rule)
+        if sender is not None:
+            where += " AND mail_from = ?"
+            args.append(sender)
+        return where, args
+
+    def list_held_filtered(
+        self, rule: str | None, sender: str | None, limit: int, offset: int
+    ) -> list[StoredMessage]:
+        """Held messages, newest first, optionally only those with a finding of
+        `rule` and/or from envelope sender `sender`."""
+        where, args = self._held_filter(rule, sender)
+        rows = self._read(
+            f"SELECT {self._COLUMNS} FROM messages WHERE {where}"
+            " ORDER BY seq DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [self._message(row, with_audit=False) for row in rows]
+
+    def count_held_filtered(self, rule: str | None, sender: str | None) -> int:
+        where, args = self._held_filter(rule, sender)
+        return int(self._read(f"SELECT COUNT(*) FROM messages WHERE {where}", args)[0][0])
+
+    def held_facets(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(rule id, count) and (sender, count) over held messages, for the filters."""
+        rules = self._read(
+            "SELECT json_extract(f.value, '$.rule') AS rule, COUNT(DISTINCT m.seq)"
+            " FROM messages m, json_each(m.findings) f WHERE m.state = ?"
+            " GROUP BY rule ORDER BY rule",
+            (MessageState.HELD.value,),
+        )
+        senders = self._read(
+            "SELECT mail_from, COUNT(*) FROM messages WHERE state = ?"
+            " GROUP BY mail_from ORDER BY mail_from",
+            (MessageState.HELD.value,),
+        )
+        return (
+            [(str(r[0]), int(r[1])) for r in rules if r[0] is not None],
+            [(str(s[0]), int(s[1])) for s in senders],
+        )
+
+    def held_before(self, cutoff: float, limit: int) -> list[str]:
+        """Ids of messages held since before `cutoff`, oldest first."""
+        rows = self._read(
+            "SELECT id FROM messages WHERE state = ? AND created_at < ? ORDER BY seq LIMIT ?",
+            (MessageState.HELD.value, cutoff, limit),
+        )
+        return [str(row[0]) for row in rows]
+
+    _UNTOUCHED = (
+        "NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
+        " AND (r.state != 'queued' OR r.attempts > 0 OR r.next_attempt_at <= ?))"
+    )
+
+    def list_cancellable(self, now: float, limit: int) -> list[StoredMessage]:
+        """Mail waiting out the grace period: queued, no recipient tried or due yet."""
+        rows = self._read(
+            f"SELECT {self._COLUMNS} FROM messages WHERE state = ? AND kind = ?"
+            f" AND {self._UNTOUCHED} ORDER BY seq DESC LIMIT ?",
+            (MessageState.QUEUED.value, MessageKind.MAIL.value, now, limit),
+        )
+        return [self._message(row, with_audit=False) for row in rows]
+
+    def cancel_pending(self, message_id: str, actor: str, comment: str, now: float) -> bool:
+        """Cancel a queued mail none of whose recipients is due or tried yet (the
+        grace period); False when delivery has begun. Atomic with `claim_due`."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE messages SET state = ? WHERE id = ? AND state = ? AND kind = ?"
+                f" AND {self._UNTOUCHED}",
+                (
+                    MessageState.CANCELLED.value,
+                    message_id,
+                    MessageState.QUEUED.value,
+                    MessageKind.MAIL.value,
+                    now,
+                ),
+            )
+            if cursor.rowcount != 1:
+                return False
+            db.execute(
+                "UPDATE recipients SET state = ?, next_attempt_at = NULL, updated_at = ?"
+                " WHERE message_id = ?",
+                (RecipientState.CANCELLED.value, now, message_id),
+            )
+            db.execute(
+                "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
+                (message_id, now, actor, "cancel", comment),
+            )
+            db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        return True
 
     def transition_held(
         self,

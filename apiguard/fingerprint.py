@@ -1,0 +1,140 @@
+"""The content fingerprint: a normalised hash of what a message says.
+
+Two copies of the same letter get the same fingerprint even when one says
+"Cher Dr Durand," and the other "Chère consœur,", when line breaks, spacing or
+case differ, or when a signature block was added. Attachments count by their
+content hash, not their names. Only the hash is kept: no text is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from apiguard.mail import ParsedMessage
+
+# Bumped whenever normalisation changes, so old and new hashes never collide.
+_VERSION = b"apiguard-fingerprint-1\n"
+
+# A signature block starts at a "-- " line (RFC 3676).
+_SIGNATURE_SEPARATOR = re.compile(r"(?m)^-- ?$")
+# A line that only greets: "Cher confrère,", "Bonjour Docteur Durand", "Madame, Monsieur,".
+_GREETING_WORDS = (
+    r"bonjour|bonsoir|salut|cher|chère|chers|chères|mon cher|ma chère|madame|monsieur"
+    r"|mesdames|messieurs|docteur|dr|hello|hi|dear|good morning|good afternoon"
+)
+_GREETING_START = re.compile(rf"^(?:{_GREETING_WORDS})\b")
+_GREETING_PREFIX = re.compile(r"^(?:bonjour|bonsoir|salut|hello|hi)\b[\s,!.:;-]*")
+# A closing formula; what follows it (name, title, telephone) is the signature.
+_CLOSING = re.compile(
+    r"^(?:(?:bien|très|tres|trés)\s+)?(?:cordialement|confraternellement|amicalement"
+    r"|sincèrement|respectueusement|à vous|a vous)\b"
+    r"|^(?:(?:sincères|meilleures|mes|nos|bien)\s+)?salutations\b"
+    r"|^(?:(?:best|kind|warm)\s+)?regards\b"
+    r"|^(?:avec\s+)?(?:mes|nos)\s+(?:remerciements|amitiés)\b"
+    r"|^envoyé (?:de|depuis) mon\b|^sent from my\b"
+)
+# The same formula closing a sentence: "L'examen est normal. Bien confraternellement."
+_TRAILING_CLOSING = re.compile(
+    r"[\s,.;]*(?:(?:bien|très|tres)\s+)?(?:cordialement|confraternellement|amicalement)[\s.!]*$"
+)
+_WORD = re.compile(r"\w+")
+_SIGNATURE_MAX_LINES = 8
+_SIGNATURE_MAX_WIDTH = 80
+_GREETING_MAX_WIDTH = 60
+_GREETING_MAX_WORDS = 4
+_EDGE_PUNCTUATION = ".,;:!?<>()[]\"'«»"
+
+
+def _is_greeting(line: str) -> bool:
+    if len(line) > _GREETING_MAX_WIDTH or not _GREETING_START.match(line):
+        return False
+    return line.endswith((",", "!", ":", ";")) or len(line.split()) <= _GREETING_MAX_WORDS
+
+
+def _strip_signature(lines: list[str], closings: list[int]) -> list[str]:
+    """Cut at the last closing formula when only a short signature follows it
+    (`closings`: where each closing formula starts, in line indexes)."""
+    if not closings:
+        return lines
+    cut = closings[-1]
+    rest = lines[cut:]
+    if _CLOSING.match(rest[0] if rest else ""):
+        rest = rest[1:]
+    if len(rest) <= _SIGNATURE_MAX_LINES and all(
+        len(line) <= _SIGNATURE_MAX_WIDTH for line in rest
+    ):
+        return lines[:cut]
+    return lines
+
+
+def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
+    """The body's words as the fingerprint sees them: case, spacing, punctuation,
+    greetings, closing formulas, signature and the given tokens (recipient
+    addresses) folded away."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _SIGNATURE_SEPARATOR.split(text, maxsplit=1)[0]
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    kept: list[str] = []
+    closings: list[int] = []
+    for line in lines:
+        if _is_greeting(line):
+            continue
+        line = _GREETING_PREFIX.sub("", line)
+        if _CLOSING.match(line):
+            closings.append(len(kept))
+        else:
+            without = _TRAILING_CLOSING.sub("", line)
+            if without != line:
+                closings.append(len(kept) + (1 if without else 0))
+                line = without
+        if line:
+            kept.append(line)
+    kept = _strip_signature(kept, closings)
+    folded = {token.casefold() for token in fold_tokens if len(token) >= 3}
+    words = " ".join(kept).split()
+    if folded:
+        words = [w for w in words if w.strip(_EDGE_PUNCTUATION) not in folded]
+    # Words only: punctuation and spacing do not make another content.
+    return " ".join(_WORD.findall(" ".join(words)))
+
+
+def _recipient_tokens(recipients: Iterable[str]) -> set[str]:
+    tokens: set[str] = set()
+    for address in recipients:
+        address = address.strip().strip("<>").casefold()
+        if not address:
+            continue
+        tokens.add(address)
+        local = address.partition("@")[0]
+        if local:
+            tokens.add(local)
+    return tokens
+
+
+def content_fingerprint(message: ParsedMessage, recipients: Iterable[str] = ()) -> str | None:
+    """A 128-bit hex fingerprint of the body and attachments, or None when the
+    message carries nothing meaningful (no text, no attachment).
+
+    Mentions of the `recipients` (addresses, or their local part such as an
+    HPRIM recipient code) are folded away, so that one letter personalised per
+    recipient still reads as one content.
+    """
+    try:
+        text = normalised_text(message.text, _recipient_tokens(recipients))
+        attachments = sorted(
+            hashlib.sha256(attachment.content).hexdigest() for attachment in message.attachments
+        )
+    except Exception:  # pure code never raises: an unreadable body has no fingerprint
+        return None
+    if not text and not attachments:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(_VERSION)
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update("\n".join(attachments).encode("ascii"))
+    return digest.hexdigest()

@@ -1,0 +1,482 @@
+"""Memory across messages for Article 2 over time, in the store's own database.
+
+Each message reserves its rows when it arrives (`observe`): the counts it gets
+back include every earlier reservation, because the store runs on one thread
+and each observation is one transaction. Once decided, `settle` drops refused
+reservations, refuses held copies of a crossed fan-out, and opens circuits.
+
+Every query reads an index range bounded by one fingerprint or one sender and a
+time window, so a check costs the same with a thousand or a million rows; rows
+older than the longest window are pruned a batch at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from apiguard.store.base import (
+    MessageKind,
+    MessageState,
+    NewMessage,
+    RecipientOutcome,
+    RecipientState,
+    StoreError,
+)
+from apiguard.store.sqlite import SqliteStore
+from apiguard.volume import (
+    Circuit,
+    Settlement,
+    SettleOutcome,
+    VolumeSnapshot,
+    VolumeWindows,
+    normalise_address,
+)
+
+VOLUME_SCHEMA = """
+CREATE TABLE IF NOT EXISTS volume_messages (
+    message_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    fingerprint TEXT,
+    at REAL NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS volume_messages_sender ON volume_messages(sender, at);
+CREATE INDEX IF NOT EXISTS volume_messages_at ON volume_messages(at);
+CREATE INDEX IF NOT EXISTS volume_messages_unsettled ON volume_messages(settled)
+    WHERE settled = 0;
+CREATE TABLE IF NOT EXISTS volume_recipients (
+    message_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS volume_recipients_content
+    ON volume_recipients(fingerprint, at, rcpt);
+CREATE INDEX IF NOT EXISTS volume_recipients_message ON volume_recipients(message_id);
+CREATE INDEX IF NOT EXISTS volume_recipients_at ON volume_recipients(at);
+CREATE TABLE IF NOT EXISTS volume_blocks (
+    fingerprint TEXT PRIMARY KEY,
+    blocked_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS volume_blocks_at ON volume_blocks(blocked_at);
+CREATE TABLE IF NOT EXISTS volume_circuits (
+    sender TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    closed_at REAL,
+    closed_by TEXT NOT NULL DEFAULT '',
+    times_opened INTEGER NOT NULL DEFAULT 1,
+    messages_short INTEGER NOT NULL DEFAULT 0,
+    messages_day INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS volume_known (
+    address TEXT PRIMARY KEY,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+"""
+_TABLES = ("volume_messages", "volume_recipients", "volume_blocks", "volume_circuits")
+PRUNE_BATCH = 1000
+PRUNE_INTERVAL = 60.0
+
+
+class VolumeStore:
+    """Fan-out, duplicate, rate and known-correspondent state, sharing the
+    `SqliteStore`'s connection and lock (so the same single store thread)."""
+
+    def __init__(self, store: SqliteStore, *, readonly: bool = False) -> None:
+        self.store = store
+        self.readonly = readonly
+        # Called (on the store thread) with addresses just delivered to.
+        self.delivered_listeners: list[Callable[[list[str]], None]] = []
+        self._next_prune = 0.0
+        self._prune_backlog = False
+        self.available = True
+        with store._lock:
+            try:
+                if readonly:
+                    names = {
+                        row[0]
+                        for row in store._db.execute(
+                            "SELECT name FROM sqlite_master WHERE type = 'table'"
+                        )
+                    }
+                    self.available = all(t in names for t in _TABLES)
+                else:
+                    store._db.executescript(VOLUME_SCHEMA)
+            except sqlite3.Error as error:
+                raise StoreError(f"volume tables: {error}") from error
+        if not readonly:
+            store.completion_hooks.append(self._remember_delivered)
+
+    # -- transactions -----------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        """A transaction; not `durable` ones skip the fsync (WAL, synchronous=NORMAL):
+        they stay atomic, and the next durable commit (the message's own) carries them."""
+        with self.store._lock:
+            if not durable:
+                self.store._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self.store._transaction() as db:
+                    yield db
+            finally:
+                if not durable:
+                    self.store._db.execute("PRAGMA synchronous = FULL")
+
+    # -- one message ------------------------------------------------------
+
+    def observe(
+        self,
+        message_id: str,
+        fingerprint: str | None,
+        sender: str,
+        recipients: Sequence[str],
+        now: float,
+        windows: VolumeWindows,
+    ) -> VolumeSnapshot:
+        """Reserve this message's rows and return the counts including it and
+        every earlier message not refused (pending ones too)."""
+        sender = normalise_address(sender)
+        rcpts = sorted({normalise_address(r) for r in recipients if r.strip()})
+        with self._transaction(durable=False) as db:
+            snapshot = self._snapshot(db, fingerprint, sender, rcpts, now, windows, counted=1)
+            db.execute(
+                "INSERT INTO volume_messages (message_id, sender, fingerprint, at, settled)"
+                " VALUES (?, ?, ?, ?, 0)",
+                (message_id, sender, fingerprint, now),
+            )
+            if fingerprint is not None:
+                db.executemany(
+                    "INSERT INTO volume_recipients (message_id, fingerprint, rcpt, at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(message_id, fingerprint, rcpt, now) for rcpt in rcpts],
+                )
+            self._maybe_prune(db, now, windows)
+        return snapshot
+
+    def peek(
+        self,
+        fingerprint: str | None,
+        sender: str,
+        recipients: Sequence[str],
+        now: float,
+        windows: VolumeWindows,
+    ) -> VolumeSnapshot:
+        """The snapshot `observe` would return, without reserving anything
+        (`apiguard check` on a read-only store)."""
+        sender = normalise_address(sender)
+        rcpts = sorted({normalise_address(r) for r in recipients if r.strip()})
+        if not self.available:
+            return VolumeSnapshot(
+                fingerprint=fingerprint,
+                fanout_recipients=len(rcpts) if fingerprint else 0,
+                sender_short=1,
+                sender_day=1,
+            )
+        with self.store._lock:
+            try:
+                return self._snapshot(
+                    self.store._db, fingerprint, sender, rcpts, now, windows, counted=1
+                )
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+
+    def _snapshot(
+        self,
+        db: sqlite3.Connection,
+        fingerprint: str | None,
+        sender: str,
+        rcpts: list[str],
+        now: float,
+        windows: VolumeWindows,
+        *,
+        counted: int,
+    ) -> VolumeSnapshot:
+        circuit = db.execute(
+            "SELECT state, closed_at FROM volume_circuits WHERE sender = ?", (sender,)
+        ).fetchone()
+        circuit_open = circuit is not None and circuit[0] == "open"
+        # After a person closes the circuit, counting starts again from then.
+        since_closed = float(circuit[1]) if circuit is not None and circuit[1] else 0.0
+        sender_short, sender_day = (
+            counted
+            + db.execute(
+                "SELECT COUNT(*) FROM volume_messages WHERE sender = ? AND at >= ?",
+                (sender, max(now - window, since_closed)),
+            ).fetchone()[0]
+            for window in (windows.rate_short, windows.rate_day)
+        )
+        if fingerprint is None:
+            return VolumeSnapshot(
+                fingerprint=None,
+                sender_short=sender_short,
+                sender_day=sender_day,
+                circuit_open=circuit_open,
+            )
+        last_sent = dict(
+            db.execute(
+                "SELECT rcpt, MAX(at) FROM volume_recipients WHERE fingerprint = ? AND at >= ?"
+                " GROUP BY rcpt",
+                (fingerprint, now - max(windows.fanout, windows.duplicate)),
+            ).fetchall()
+        )
+        fanout = {r for r, at in last_sent.items() if at >= now - windows.fanout}
+        fanout.update(rcpts)
+        duplicates = sum(
+            1 for r in rcpts if r in last_sent and last_sent[r] >= now - windows.duplicate
+        )
+        blocked = db.execute(
+            "SELECT 1 FROM volume_blocks WHERE fingerprint = ? AND blocked_at >= ?",
+            (fingerprint, now - windows.fanout),
+        ).fetchone()
+        return VolumeSnapshot(
+            fingerprint=fingerprint,
+            fanout_recipients=len(fanout),
+            fanout_blocked=blocked is not None,
+            duplicate_recipients=duplicates,
+            sender_short=sender_short,
+            sender_day=sender_day,
+            circuit_open=circuit_open,
+        )
+
+    def settle(
+        self,
+        settlement: Settlement,
+        now: float,
+        windows: VolumeWindows,
+        alert_notices: tuple[NewMessage, ...] = (),
+    ) -> SettleOutcome:
+        """Record the decision: a refused (or unstored) message stops counting; a
+        crossed fan-out refuses the held copies; a crossed rate opens the circuit
+        and stores `alert_notices`, once. A held copy of content refused in the
+        meantime is refused too."""
+        durable = settlement.fanout_crossed or settlement.open_circuit or settlement.held
+        with self._transaction(durable=durable) as db:
+            if not settlement.stored or settlement.refused:
+                self._forget(db, [settlement.message_id])
+            else:
+                db.execute(
+                    "UPDATE volume_messages SET settled = 1 WHERE message_id = ?",
+                    (settlement.message_id,),
+                )
+            copies = 0
+            self_refused = False
+            fingerprint = settlement.fingerprint
+            if settlement.fanout_crossed and fingerprint is not None:
+                db.execute(
+                    "INSERT INTO volume_blocks (fingerprint, blocked_at) VALUES (?, ?)"
+                    " ON CONFLICT(fingerprint) DO UPDATE SET blocked_at = excluded.blocked_at",
+                    (fingerprint, now),
+                )
+                copies = self._refuse_held_copies(db, fingerprint, now - windows.fanout, now)
+            elif settlement.held and settlement.stored and fingerprint is not None:
+                blocked = db.execute(
+                    "SELECT 1 FROM volume_blocks WHERE fingerprint = ? AND blocked_at >= ?",
+                    (fingerprint, now - windows.fanout),
+                ).fetchone()
+                if blocked is not None:
+                    self_refused = self._refuse_held(db, settlement.message_id, now)
+            opened = False
+            if settlement.open_circuit and settlement.stored:
+                opened = self._open_circuit(db, settlement, now)
+                if opened:
+                    for notice in alert_notices:
+                        self.store._insert(db, notice)
+        return SettleOutcome(
+            circuit_opened=opened, copies_refused=copies, self_refused=self_refused
+        )
+
+    def _forget(self, db: sqlite3.Connection, message_ids: Sequence[str]) -> None:
+        rows = [(m,) for m in message_ids]
+        db.executemany("DELETE FROM volume_recipients WHERE message_id = ?", rows)
+        db.executemany("DELETE FROM volume_messages WHERE message_id = ?", rows)
+
+    def _refuse_held_copies(
+        self, db: sqlite3.Connection, fingerprint: str, since: float, now: float
+    ) -> int:
+        held = [
+            str(row[0])
+            for row in db.execute(
+                "SELECT DISTINCT v.message_id FROM volume_recipients v"
+                " JOIN messages m ON m.id = v.message_id"
+                " WHERE v.fingerprint = ? AND v.at >= ? AND m.state = ?",
+                (fingerprint, since, MessageState.HELD.value),
+            ).fetchall()
+        ]
+        return sum(1 for message_id in held if self._refuse_held(db, message_id, now))
+
+    def _refuse_held(self, db: sqlite3.Connection, message_id: str, now: float) -> bool:
+        """Refuse one held message as a copy of a refused grouped send."""
+        moved = db.execute(
+            "UPDATE messages SET state = ? WHERE id = ? AND state = ?",
+            (MessageState.REJECTED.value, message_id, MessageState.HELD.value),
+        ).rowcount
+        if moved != 1:
+            return False
+        db.execute(
+            "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND state = ?",
+            (RecipientState.REJECTED.value, now, message_id, RecipientState.HELD.value),
+        )
+        db.execute(
+            "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
+            (message_id, now, "apiguard", "reject", "art2.fanout: copie d'un envoi groupé refusé"),
+        )
+        db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        self._forget(db, [message_id])
+        return True
+
+    def _open_circuit(self, db: sqlite3.Connection, settlement: Settlement, now: float) -> bool:
+        """Open the sender's circuit; True only for the message that opened it."""
+        cursor = db.execute(
+            "INSERT INTO volume_circuits (sender, state, opened_at, times_opened,"
+            " messages_short, messages_day) VALUES (?, 'open', ?, 1, ?, ?)"
+            " ON CONFLICT(sender) DO UPDATE SET state = 'open', opened_at = excluded.opened_at,"
+            " closed_at = NULL, closed_by = '', times_opened = times_opened + 1,"
+            " messages_short = excluded.messages_short, messages_day = excluded.messages_day"
+            " WHERE volume_circuits.state = 'closed'",
+            (settlement.sender, now, settlement.sender_short, settlement.sender_day),
+        )
+        return cursor.rowcount == 1
+
+    # -- housekeeping -----------------------------------------------------
+
+    def recover(self) -> int:
+        """At start-up: reservations of messages that were never stored (a crash
+        between observe and store) are dropped; the others count as settled."""
+        with self._transaction(durable=True) as db:
+            rows = db.execute(
+                "SELECT v.message_id, m.state FROM volume_messages v"
+                " LEFT JOIN messages m ON m.id = v.message_id WHERE v.settled = 0"
+            ).fetchall()
+            dropped = [
+                str(message_id)
+                for message_id, state in rows
+                if state is None
+                or state in (MessageState.REJECTED.value, MessageState.CANCELLED.value)
+            ]
+            self._forget(db, dropped)
+            db.execute("UPDATE volume_messages SET settled = 1 WHERE settled = 0")
+        return len(dropped)
+
+    def _maybe_prune(self, db: sqlite3.Connection, now: float, windows: VolumeWindows) -> None:
+        """Drop at most one batch of expired rows, every minute (or at every
+        message while a backlog remains): a bounded cost per message."""
+        if not self._prune_backlog and now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        self._prune_backlog = self._prune(db, now - windows.longest, PRUNE_BATCH) >= PRUNE_BATCH
+
+    def _prune(self, db: sqlite3.Connection, cutoff: float, batch: int) -> int:
+        removed = 0
+        for table, column in (
+            ("volume_recipients", "at"),
+            ("volume_messages", "at"),
+            ("volume_blocks", "blocked_at"),
+        ):
+            cursor = db.execute(
+                f"DELETE FROM {table} WHERE rowid IN"
+                f" (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
+                (cutoff, batch),
+            )
+            removed = max(removed, cursor.rowcount)
+        return removed
+
+    def prune(self, now: float, windows: VolumeWindows, batch: int = 10_000) -> int:
+        """Drop every row older than the longest window (batches of `batch`)."""
+        total = 0
+        while True:
+            with self._transaction(durable=False) as db:
+                removed = self._prune(db, now - windows.longest, batch)
+            total += removed
+            if removed < batch:
+                return total
+
+    # -- known correspondents ----------------------------------------------
+
+    def _remember_delivered(
+        self, db: sqlite3.Connection, message_id: str, outcomes: list[RecipientOutcome]
+    ) -> None:
+        """Inside `complete()`: a mail delivered to an address makes it known."""
+        delivered = [
+            normalise_address(o.rcpt) for o in outcomes if o.state is RecipientState.DELIVERED
+        ]
+        if not delivered:
+            return
+        kind = db.execute("SELECT kind FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if kind is None or kind[0] != MessageKind.MAIL.value:
+            return
+        now = float(
+            db.execute(
+                "SELECT MAX(updated_at) FROM recipients WHERE message_id = ?", (message_id,)
+            ).fetchone()[0]
+            or 0.0
+        )
+        db.executemany(
+            "INSERT INTO volume_known (address, first_at, last_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(address) DO UPDATE SET last_at = excluded.last_at",
+            [(address, now, now) for address in delivered],
+        )
+        for listener in self.delivered_listeners:
+            listener(delivered)
+
+    def known_addresses(self) -> list[str]:
+        """Every address a mail was delivered to."""
+        if not self.available:
+            return []
+        with self.store._lock:
+            try:
+                return [
+                    str(row[0])
+                    for row in self.store._db.execute("SELECT address FROM volume_known")
+                ]
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+
+    # -- circuits ---------------------------------------------------------
+
+    def circuits(self, *, open_only: bool = True) -> list[Circuit]:
+        """Circuits (open ones by default), with how many messages each sender has held."""
+        if not self.available:
+            return []
+        where = "WHERE c.state = 'open'" if open_only else ""
+        with self.store._lock:
+            try:
+                rows = self.store._db.execute(
+                    "SELECT c.sender, c.state, c.opened_at, c.closed_at, c.closed_by,"
+                    " c.times_opened, c.messages_short, c.messages_day,"
+                    " (SELECT COUNT(*) FROM messages m WHERE m.state = ?"
+                    "  AND lower(m.mail_from) = c.sender)"
+                    f" FROM volume_circuits c {where} ORDER BY c.opened_at",
+                    (MessageState.HELD.value,),
+                ).fetchall()
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+        return [
+            Circuit(
+                sender=str(r[0]),
+                state=str(r[1]),
+                opened_at=float(r[2]),
+                closed_at=float(r[3]) if r[3] is not None else None,
+                closed_by=str(r[4]),
+                times_opened=int(r[5]),
+                messages_short=int(r[6]),
+                messages_day=int(r[7]),
+                held_messages=int(r[8]),
+            )
+            for r in rows
+        ]
+
+    def close_circuit(self, sender: str, actor: str, now: float) -> bool:
+        """Close the sender's open circuit; False when none is open. Its rate
+        counts start again from now; its held messages stay held for review."""
+        with self._transaction(durable=True) as db:
+            cursor = db.execute(
+                "UPDATE volume_circuits SET state = 'closed', closed_at = ?, closed_by = ?"
+                " WHERE sender = ? AND state = 'open'",
+                (now, actor[:200], normalise_address(sender)),
+            )
+            return cursor.rowcount == 1
