@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,8 +38,44 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def host_is_loopback(host: str) -> bool:
+    """Is this listening address reachable from this machine only?"""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "", "0.0.0.0"-like names or a host name: assume reachable
+
+
+class SubmissionUser(Section):
+    """One SMTP AUTH account: `password_hash` from `python -m apiguard.smtp.auth`
+    (or `apiguard review hash-password`); `senders` are the envelope senders it may
+    use (full addresses or `@domain`; empty: any)."""
+
+    password_hash: str
+    senders: list[str] = Field(default_factory=list)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_parses(cls, value: str) -> str:
+        from apiguard.smtp.auth import HashFormatError, ScryptHash
+
+        try:
+            ScryptHash.parse(value)
+        except HashFormatError as error:
+            raise ValueError(f"{error} (make one with `python -m apiguard.smtp.auth`)") from None
+        return value
+
+
 class SmtpSettings(Section):
-    """Where mail clients and practice software connect."""
+    """Where mail clients and practice software connect.
+
+    Clients in `allowed_networks` may submit without AUTH when they are on
+    loopback or `require_auth` is off; any other client must authenticate
+    (AUTH only after STARTTLS or on the implicit TLS port). `require_auth`
+    defaults to on when `host` is not a loopback address.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=0, le=65535)
@@ -42,6 +85,16 @@ class SmtpSettings(Section):
     max_recipients: int = Field(default=100, gt=0)
     timeout: float = Field(default=300.0, gt=0)
     shutdown_grace: float = Field(default=30.0, ge=0)
+    tls_cert: str = ""
+    tls_key: str = ""
+    implicit_tls_port: int | None = Field(default=None, ge=0, le=65535)
+    require_auth: bool | None = None
+    users: dict[str, SubmissionUser] = Field(default_factory=dict)
+    max_sessions: int = Field(default=100, ge=1)
+    max_connections_per_minute: int = Field(default=120, ge=1)
+    data_timeout: float = Field(default=600.0, gt=0)
+    max_line_length: int = Field(default=1000, ge=1000, le=MiB)
+    max_errors: int = Field(default=10, ge=1)
 
     @field_validator("allowed_networks")
     @classmethod
@@ -52,6 +105,36 @@ class SmtpSettings(Section):
             except ValueError:
                 raise ValueError(f"not an IP network: {network!r}") from None
         return value
+
+    @property
+    def auth_required(self) -> bool:
+        """Must clients other than loopback ones authenticate?"""
+        if self.require_auth is None:
+            return not host_is_loopback(self.host)
+        return self.require_auth
+
+    @model_validator(mode="after")
+    def _never_an_open_relay(self) -> SmtpSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.implicit_tls_port is not None and not self.tls_cert:
+            raise ValueError("implicit_tls_port needs tls_cert and tls_key")
+        if self.users and not self.tls_cert:
+            raise ValueError("users need tls_cert and tls_key: AUTH is only offered over TLS")
+        if self.auth_required and not (self.users and self.tls_cert):
+            raise ValueError(
+                f"require_auth: listening on {self.host!r} (not loopback) needs tls_cert, "
+                "tls_key and at least one entry in [smtp.users]; or listen on 127.0.0.1"
+            )
+        if not self.auth_required and not host_is_loopback(self.host):
+            for text in self.allowed_networks:
+                network = ipaddress.ip_network(text, strict=False)
+                if network.prefixlen == 0 or not network.is_private:
+                    raise ValueError(
+                        f"allowed_networks: {text} is not a private network; with "
+                        "require_auth = false this would be an open relay"
+                    )
+        return self
 
 
 class RelaySettings(Section):
@@ -99,10 +182,63 @@ class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class OpsSettings(Section):
+    """The operations listener: /metrics (Prometheus), /healthz and /readyz.
+    No message data is served here."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9025, ge=0, le=65535)
+
+
 class ReviewSettings(Section):
-    """The quarantine of held messages."""
+    """The quarantine of held messages, its web page and the grace period.
+
+    `users` maps a reviewer name to a password hash made by
+    `apiguard review hash-password`; `token` is an alternative shared secret.
+    An empty `session_secret` is generated once and kept under `storage.path`.
+    """
 
     hold_days: float = Field(default=7.0, gt=0)
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    users: dict[str, str] = Field(default_factory=dict)
+    token: str = ""
+    session_secret: str = ""
+    send_delay: float = Field(default=0.0, ge=0)
+    page_size: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("users")
+    @classmethod
+    def _hashes_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, hashed in value.items():
+            fields = hashed.split("$")
+            if len(fields) != 3 or not fields[0].startswith("scrypt:"):
+                raise ValueError(
+                    f"user {name!r}: not a password hash (use `apiguard review hash-password`)"
+                )
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("token too short: use at least 16 random characters")
+        return value
+
+    @model_validator(mode="after")
+    def _someone_can_log_in(self) -> ReviewSettings:
+        if self.enabled and not self.users and not self.token:
+            raise ValueError("the review page is enabled but no `users` nor `token` is set")
+        return self
+
+
+class AlertSettings(Section):
+    """Who hears about incidents (a sender's circuit opening); empty: nobody but
+    the sender."""
+
+    to: str = ""
 
 
 class CharterSettings(Section):
@@ -131,7 +267,9 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     charter: CharterSettings = Field(default_factory=CharterSettings)
 
     @property
@@ -149,6 +287,7 @@ def _format_error(error: ValidationError, source: str) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
+    message = message.removeprefix("Value error, ")
     return f"{source}: {key}: {message}"
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from apiguard import metrics
 from apiguard.config import DeliverySettings
 from apiguard.notices import FailedRecipient, NoticeIdentity, bounce
 from apiguard.relay.base import Relay, RelayReply
@@ -184,6 +185,7 @@ class DeliveryWorker:
                     "delivery.record_failed", message_id=job.message_id, error=type(error).__name__
                 )
                 return
+            metrics.record_delivery(job.kind.value, outcomes, job.created_at, now)
             for state in {o.state for o in outcomes}:
                 log.info(
                     "delivery.attempt",

@@ -1,4 +1,6 @@
-"""A thin aiosmtpd handler: it asks the pipeline and returns reply strings.
+"""The SMTP edge: a thin aiosmtpd handler that asks the pipeline and returns
+reply strings, and `GuardedSMTP`, the gate in front of it (who may connect and
+submit, AUTH after TLS, session and rate limits, timeouts, error budget).
 
 Not aiosmtpd's `Proxy` handler, which answers 250 even when the relay refuses:
 here a 250 means the message is durably stored.
@@ -7,63 +9,208 @@ here a 250 means the message is durably stored.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import enum
 import ipaddress
-from collections.abc import Iterable
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from apiguard import metrics
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
 from apiguard.smtp import replies
+from apiguard.smtp.auth import SubmissionUser, UserDirectory
+from apiguard.smtp.replies import Reply
 
 log = structlog.get_logger("apiguard.smtp")
 
+# aiosmtpd warns on every successful AUTH that a field it sets itself is deprecated.
+logging.getLogger("mail.log").addFilter(
+    lambda record: "login_data is deprecated" not in record.getMessage()
+)
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def peer_allowed(peer: Any, networks: tuple[IPNetwork, ...]) -> bool:
-    """Is the client's address inside one of the allowed networks?"""
+def peer_address(peer: Any) -> IPAddress | None:
+    """The client's IP address from a transport's peername (IPv4-mapped unwrapped)."""
     if not isinstance(peer, tuple) or not peer:
-        return False
+        return None
     try:
         address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+        return address.ipv4_mapped
+    return address
+
+
+def peer_allowed(peer: Any, networks: tuple[IPNetwork, ...]) -> bool:
+    """Is the client's address inside one of the allowed networks?"""
+    address = peer_address(peer)
+    return address is not None and any(address in network for network in networks)
+
+
+class Access(enum.Enum):
+    """What a client may do, decided once at connect time."""
+
+    TRUSTED = "trusted"  # may submit without AUTH
+    AUTH = "auth"  # must authenticate (over TLS) before MAIL
+    REFUSED = "refused"  # 554 greeting, then the connection is closed
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Never an open relay: a client submits without AUTH only from an allowed
+    network, and, when `require_auth` is on, only from loopback."""
+
+    networks: tuple[IPNetwork, ...]
+    require_auth: bool
+    auth_available: bool
+
+    def classify(self, peer: Any) -> Access:
+        address = peer_address(peer)
+        allowed = address is not None and any(address in n for n in self.networks)
+        if allowed and address is not None and (address.is_loopback or not self.require_auth):
+            return Access.TRUSTED
+        return Access.AUTH if self.auth_available else Access.REFUSED
+
+
+class ConnectionLimits:
+    """Concurrent sessions (all listeners together) and connections per client
+    address per minute, the refused attempts included (so hammering stays refused)."""
+
+    WINDOW = 60.0
+
+    def __init__(
+        self, max_sessions: int, per_minute: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.per_minute = per_minute
+        self.clock = clock
+        self.active = 0
+        self._recent: dict[str, deque[float]] = {}
+
+    def admit(self, client: str) -> str | None:
+        """None to admit (counted as active), else the refusal outcome."""
+        now = self.clock()
+        if len(self._recent) > 10_000:
+            self._forget(now)
+        recent = self._recent.setdefault(client, deque(maxlen=self.per_minute))
+        over_rate = len(recent) == self.per_minute and now - recent[0] < self.WINDOW
+        recent.append(now)
+        if over_rate:
+            return "refused_rate"
+        if self.active >= self.max_sessions:
+            return "refused_sessions"
+        self.active += 1
+        metrics.SMTP_SESSIONS.set(self.active)
+        return None
+
+    def release(self) -> None:
+        self.active = max(0, self.active - 1)
+        metrics.SMTP_SESSIONS.set(self.active)
+
+    def _forget(self, now: float) -> None:
+        stale = [k for k, q in self._recent.items() if not q or now - q[-1] >= self.WINDOW]
+        for key in stale:
+            del self._recent[key]
+
+
+CLIENT_THROTTLED = Reply(
+    421, "4.7.0", "trop de connexions, reessayez plus tard / too many connections, try again later"
+)
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "trop d'erreurs, au revoir / too many errors, closing")
+SENDER_NOT_ALLOWED = Reply(
+    553, "5.7.1", "expediteur non autorise pour ce compte / sender not allowed for this user"
+)
+
+# Replies that show a confused or hostile client: syntax, sequence and AUTH errors.
+_ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
 
 
 class GuardedSMTP(SMTP):
-    """aiosmtpd's SMTP protocol, refusing clients outside the allowed networks
-    with a 554 greeting before anything else is said."""
+    """aiosmtpd's SMTP protocol with apiguard's gate: client networks and AUTH,
+    session and rate limits, a DATA timeout, and a budget of errors."""
 
-    def __init__(self, handler: Any, *, networks: tuple[IPNetwork, ...], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._networks = networks
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        networks: tuple[IPNetwork, ...],
+        policy: AccessPolicy | None = None,
+        limits: ConnectionLimits | None = None,
+        users: UserDirectory | None = None,
+        implicit_tls: bool = False,
+        max_errors: int = 10,
+        data_timeout: float = 600.0,
+        max_line_length: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        # aiosmtpd sizes its stream reader from this attribute in __init__.
+        self.line_length_limit = max_line_length + 1  # + the transparent dot
+        # On the implicit TLS port the whole session is encrypted already.
+        super().__init__(handler, auth_require_tls=not implicit_tls, **kwargs)
+        self._policy = policy or AccessPolicy(networks, require_auth=False, auth_available=False)
+        self._limits = limits
+        self._users = users
+        self._implicit_tls = implicit_tls
+        self._max_errors = max_errors
+        self._data_timeout = data_timeout
+        self._errors = 0
         self._refused = False
+        self._admitted = False
+
+    # -- connection gate ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        if not peer_allowed(peer, self._networks):
-            self._refused = True
-            log.warning("smtp.client_refused", reason="network")
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(f"{replies.CLIENT_REFUSED}\r\n".encode("ascii"))
-            transport.close()
+        if self._original_transport is not None:  # after STARTTLS: same client
+            super().connection_made(transport)
             return
+        peer = transport.get_extra_info("peername")
+        access = self._policy.classify(peer)
+        if access is Access.REFUSED:
+            self._refuse(transport, "refused_network", replies.CLIENT_REFUSED)
+            return
+        if self._limits is not None:
+            address = peer_address(peer)
+            outcome = self._limits.admit(str(address) if address else "")
+            if outcome is not None:
+                self._refuse(transport, outcome, CLIENT_THROTTLED)
+                return
+            self._admitted = True
+        metrics.record_connection("accepted")
+        self._auth_required = access is Access.AUTH
         super().connection_made(transport)
+
+    def _refuse(self, transport: asyncio.BaseTransport, outcome: str, reply: Reply) -> None:
+        self._refused = True
+        metrics.record_connection(outcome)
+        log.warning("smtp.client_refused", reason=outcome.removeprefix("refused_"))
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{reply}\r\n".encode("ascii"))
+        transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
+        if self._admitted and self._limits is not None:
+            self._admitted = False
+            self._limits.release()
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -76,6 +223,80 @@ class GuardedSMTP(SMTP):
             return None
         result: bool | None = super().eof_received()
         return result
+
+    # -- errors and timeouts --------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, bytes):
+            await super().push(status)
+            code = status[:3].decode("ascii", "replace")
+        else:
+            await super().push(status)
+            code = status[:3]
+        if code not in _ERROR_CODES:
+            return
+        self._errors += 1
+        if self._errors >= self._max_errors and self.transport is not None:
+            log.warning("smtp.too_many_errors", errors=self._errors)
+            await super().push(str(TOO_MANY_ERRORS))
+            self.transport.close()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self._data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
+
+    # -- AUTH (PLAIN and LOGIN, offered by aiosmtpd only once TLS is on) ------
+
+    @property
+    def tls_active(self) -> bool:
+        return self._implicit_tls or self._tls_protocol is not None
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._verify("PLAIN", parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if not isinstance(login, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._verify("LOGIN", login, password)
+
+    async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        user = await self._users.authenticate(login, password) if self._users else None
+        metrics.record_auth(user is not None)
+        if user is None:
+            # The attempted login is not logged: people type passwords there.
+            log.warning("smtp.auth_failed", mechanism=mechanism)
+            return AuthResult(success=False, handled=False)
+        log.info("smtp.authenticated", mechanism=mechanism, user=user.name)
+        return AuthResult(success=True, auth_data=user)
 
 
 class ApiguardHandler:
@@ -99,6 +320,10 @@ class ApiguardHandler:
     ) -> str:
         if not self.accepting:
             return str(replies.SHUTTING_DOWN)
+        user = session.auth_data
+        if isinstance(user, SubmissionUser) and not user.may_send_as(address):
+            log.warning("smtp.sender_not_allowed", user=user.name)
+            return str(SENDER_NOT_ALLOWED)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
