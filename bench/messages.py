@@ -6,7 +6,7 @@
 - `big`: the same letter with a ~10 MB message total (a ~7.4 MB PDF).
 
 A message is `prefix + suffix`: the prefix (headers, HPRIM header, letter)
-varies per message (recipient local part, exam number, Message-ID), the suffix
+varies per message (recipient, exam number, Message-ID), the suffix
 (the attachment, already base64-encoded and dot-stuffed) is built once.
 Everything is returned in SMTP DATA form: CRLF line ends, dot-stuffed, without
 the final `.` line.
@@ -15,6 +15,7 @@ the final `.` line.
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,17 @@ from dataclasses import dataclass
 SENDER = "dr.martin@medical13.apicrypt.org"
 RECIPIENT_DOMAIN = "medical69.apicrypt.org"
 KINDS = ("small", "pdf", "big")
+RECIPIENTS = 200
+
+
+def _recipient_name(i: int) -> str:
+    # Twelve pseudo-random letters: no two names within a few typos of each
+    # other, so that `recipient.lookalike` sees distinct correspondents.
+    digest = hashlib.sha256(b"bench-recipient-%d" % i).digest()
+    return "dr." + "".join(chr(ord("a") + b % 26) for b in digest[:12])
+
+
+_RECIPIENT_NAMES = [_recipient_name(i) for i in range(RECIPIENTS)]
 TARGET_SIZES = {"small": 3_000, "pdf": 200_000, "big": 10_000_000}
 
 _LETTER_TEXT = (
@@ -116,7 +128,8 @@ def build_pdf(total_size: int, seed: int = 1) -> bytes:
         + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray"
-        b" /BitsPerComponent 8 /Length %d >>\nstream\n" % (width, height, len(pixels))
+        b" /BitsPerComponent 8 /Length %d >>\nstream\n"
+        % (width, height, len(pixels))
         + pixels
         + b"\nendstream",
         b"<< /Title (Compte rendu) /Producer (apiguard bench) >>",
@@ -168,8 +181,8 @@ class MessageFactory:
         pdf = build_pdf(pdf_size)
         part = (
             f"--{boundary}\r\n"
-            "Content-Type: application/pdf; name=\"compte-rendu.pdf\"\r\n"
-            "Content-Disposition: attachment; filename=\"compte-rendu.pdf\"\r\n"
+            'Content-Type: application/pdf; name="compte-rendu.pdf"\r\n'
+            'Content-Disposition: attachment; filename="compte-rendu.pdf"\r\n'
             "Content-Transfer-Encoding: base64\r\n"
             "\r\n"
         ).encode("ascii")
@@ -177,7 +190,9 @@ class MessageFactory:
         return cls(kind, suffix, boundary)
 
     def recipient(self, n: int) -> str:
-        return f"dr.durand{n}@{RECIPIENT_DOMAIN}"
+        """One of `RECIPIENTS` correspondents, in turn: a laboratory or a
+        practice writes to a set of colleagues, not to a new address each time."""
+        return f"{_RECIPIENT_NAMES[n % RECIPIENTS]}@{RECIPIENT_DOMAIN}"
 
     def prefix(self, n: int) -> bytes:
         """Headers and the letter of message number `n` (DATA form, dot-stuffed)."""
