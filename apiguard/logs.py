@@ -8,9 +8,29 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
+
+
+class SafeStream:
+    """A log stream that never raises: a full disk or a closed pipe must not turn
+    a message's transaction into an error (the log line is lost, not the mail)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def configure_logging(
@@ -32,7 +52,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=SafeStream(sys.stderr)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # aiosmtpd logs peers and commands through stdlib logging: keep it quiet.

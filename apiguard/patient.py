@@ -241,9 +241,12 @@ def detect_patient_data(ctx: MessageContext) -> PatientData:
         if identity.is_nominative:
             signals.append(SIGNAL_CDA)
             identities.append(identity)
-    for signal, identity in find_text_identities(ctx.message.text, ctx.charter.now.date()):
-        signals.append(signal)
-        identities.append(identity)
+    # A structured identity settles it; the (costlier) text scan is for letters
+    # without one.
+    if not identities:
+        for signal, identity in find_text_identities(ctx.message.text, ctx.charter.now.date()):
+            signals.append(signal)
+            identities.append(identity)
     unique_signals = tuple(dict.fromkeys(signals))
     return PatientData(
         present=bool(unique_signals),

@@ -28,12 +28,15 @@ _LIGATURES = str.maketrans(
 _SPACES = re.compile(r"\s+")
 
 
+_COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
 def fold(text: str) -> str:
     """Lower case, strip accents, unify apostrophes, collapse white space."""
     lowered = text.lower().translate(_LIGATURES)
-    decomposed = unicodedata.normalize("NFKD", lowered)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SPACES.sub(" ", bare).strip()
+    if not lowered.isascii():
+        lowered = _COMBINING.sub("", unicodedata.normalize("NFKD", lowered))
+    return _SPACES.sub(" ", lowered).strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,10 @@ class PhraseScore:
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
+@functools.lru_cache(maxsize=16)
 def tokens(text: str) -> tuple[str, ...]:
     """Folded words and single punctuation marks: "20% de réduction" gives
-    ("20", "%", "de", "reduction")."""
+    ("20", "%", "de", "reduction"). Cached: several rules score the same body."""
     return tuple(_TOKEN.findall(fold(text)))
 
 
@@ -96,17 +100,18 @@ class PhraseBook:
     def score(self, text: str) -> PhraseScore:
         """Sum, per signal, the weights of the distinct phrases found in `text`."""
         words = tokens(text)
+        index = self._index
         found: dict[tuple[tuple[str, ...], str], float] = {}
-        position = 0
-        while position < len(words):
-            step = 1
-            for phrase, signal, weight in self._index.get(words[position], ()):
+        free_from = 0  # matches do not overlap
+        for position in [i for i, word in enumerate(words) if word in index]:
+            if position < free_from:
+                continue
+            for phrase, signal, weight in index[words[position]]:
                 if words[position : position + len(phrase)] == phrase:
-                    # The longest phrase starting here; matches do not overlap.
+                    # The longest phrase starting here.
                     found[(phrase, signal)] = weight
-                    step = len(phrase)
+                    free_from = position + len(phrase)
                     break
-            position += step
         per_signal: dict[str, float] = {}
         for (_, signal), weight in found.items():
             per_signal[signal] = per_signal.get(signal, 0.0) + weight

@@ -46,9 +46,7 @@ log = structlog.get_logger("apiguard.pipeline")
 # Messages larger than this are parsed and judged on a worker thread, so that a
 # big attachment never stalls the other SMTP sessions.
 OFF_LOOP_SIZE = 256 * 1024
-_INTERNAL_ERROR = Reply(
-    451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later"
-)
+_INTERNAL_ERROR = replies.INTERNAL_ERROR
 T = TypeVar("T")
 
 

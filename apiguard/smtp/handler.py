@@ -9,6 +9,7 @@ here a 250 means the message is durably stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import binascii
 import enum
@@ -364,6 +365,10 @@ class ApiguardHandler:
                 helo=str(session.host_name or ""),
             )
             return str(reply)
+        except Exception as error:  # noqa: BLE001 - never a 5xx for our own trouble
+            with contextlib.suppress(Exception):
+                log.error("smtp.data_failed", error=type(error).__name__)
+            return str(replies.INTERNAL_ERROR)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

@@ -72,6 +72,9 @@ STORE_FAILED = Reply(
     "4.3.0",
     "stockage impossible, reessayez plus tard / could not store the message, try again later",
 )
+INTERNAL_ERROR = Reply(
+    451, "4.3.0", "erreur interne, reessayez plus tard / internal error, retry later"
+)
 CLIENT_REFUSED = Reply(
     554,
     "5.7.1",

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (message_id, rcpt)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS recipients_pending ON recipients(rcpt, state);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL,
@@ -200,8 +201,15 @@ class SqliteStore:
                 " FROM recipients r JOIN messages m ON m.id = r.message_id"
                 " JOIN message_data d ON d.id = r.message_id"
                 " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
+                # Order of acceptance per sender and recipient: a message waits
+                # while an earlier one from the same sender to the same
+                # recipient is still pending (a lab's successive results).
+                " AND NOT EXISTS (SELECT 1 FROM recipients p"
+                " JOIN messages e ON e.id = p.message_id"
+                " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
+                " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
                 " ORDER BY m.seq LIMIT ?",
-                (*_PENDING, now, limit),
+                (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
             ).fetchall()
             if not rows:
                 return []

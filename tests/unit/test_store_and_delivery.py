@@ -162,3 +162,27 @@ async def test_temporary_failures_are_retried_then_expire_with_a_notice(tmp_path
     (notice,) = relay.sent
     assert notice[0] == "" and b"4.4.7" in notice[2]
     await store.close()
+
+
+def test_a_later_message_to_the_same_recipient_waits_for_the_earlier_one(
+    tmp_path: Path,
+) -> None:
+    from apiguard.store.base import RecipientOutcome
+
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    store.accept(new_message("m2"))
+    first = store.claim_due(now=2000.0, limit=10)
+    assert [j.message_id for j in first] == ["m1"]
+    store.complete(
+        "m1",
+        [
+            RecipientOutcome(A, RecipientState.DEFERRED, "451 later", 3000.0),
+            RecipientOutcome(B, RecipientState.DELIVERED, "250 ok"),
+        ],
+        now=2000.0,
+    )
+    # m2 to B may go (m1 reached B); m2 to A waits behind m1's deferred copy.
+    second = store.claim_due(now=2000.0, limit=10)
+    assert [(j.message_id, [r.rcpt for r in j.recipients]) for j in second] == [("m2", [B])]
+    store.close()
