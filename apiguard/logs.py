@@ -6,6 +6,7 @@ bodies, names, addresses of patients or attachment names.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Literal, TextIO
@@ -27,10 +28,8 @@ class SafeStream:
             return 0
 
     def flush(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def configure_logging(

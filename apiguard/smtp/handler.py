@@ -9,9 +9,9 @@ here a 250 means the message is durably stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
 import binascii
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -365,7 +365,7 @@ class ApiguardHandler:
                 helo=str(session.host_name or ""),
             )
             return str(reply)
-        except Exception as error:  # noqa: BLE001 - never a 5xx for our own trouble
+        except Exception as error:
             with contextlib.suppress(Exception):
                 log.error("smtp.data_failed", error=type(error).__name__)
             return str(replies.INTERNAL_ERROR)
