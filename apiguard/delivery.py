@@ -177,9 +177,7 @@ class DeliveryWorker:
                 )
                 notices = (notice_message(raw, job.mail_from, job.message_id, now),)
             try:
-                await self.store.run(
-                    self.store.sync.complete, job.message_id, outcomes, notices, now
-                )
+                await self.store.complete(job.message_id, outcomes, notices, now)
             except Exception as error:
                 log.error(
                     "delivery.record_failed", message_id=job.message_id, error=type(error).__name__

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -152,13 +153,16 @@ class Pipeline:
         stored_raw = self._trace(message_id, peer, helo, now) + raw
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         try:
-            await self.store.accept(message, notices)
+            # The volume counts are settled in the message's own transaction.
+            settled = await self.store.accept(
+                message, notices, self._settlement(message_id, envelope, snapshot, decision, now)
+            )
         except StoreError as error:
             log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])
             metrics.record_error("store")
             await self._settle(message_id, envelope, snapshot, decision, now, stored=False)
             return replies.STORE_FAILED
-        settled = await self._settle(message_id, envelope, snapshot, decision, now)
+        settled = settled or SettleOutcome()
         if message.state is MessageState.QUEUED or notices or settled.circuit_opened:
             self.on_queued()
         if settled.circuit_opened or settled.copies_refused or settled.self_refused:
@@ -207,6 +211,31 @@ class Pipeline:
             self.windows,
         )
 
+    def _settlement(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        snapshot: VolumeSnapshot | None,
+        decision: Decision,
+        now: float,
+    ) -> Callable[[sqlite3.Connection], SettleOutcome] | None:
+        """The follow-up that settles the volume counts inside the accept transaction."""
+        volume = self.volume
+        if volume is None or snapshot is None or envelope.is_notification:
+            return None
+        settlement = Settlement.of(message_id, envelope.mail_from, snapshot, decision, stored=True)
+        alerts = (
+            self._circuit_alerts(message_id, envelope.mail_from, snapshot, now)
+            if settlement.open_circuit
+            else ()
+        )
+        windows = self.windows
+
+        def settle(db: sqlite3.Connection) -> SettleOutcome:
+            return volume.settle_in(db, settlement, now, windows, alerts)
+
+        return settle
+
     async def _settle(
         self,
         message_id: str,
@@ -224,7 +253,11 @@ class Pipeline:
         settlement = Settlement.of(
             message_id, envelope.mail_from, snapshot, decision, stored=stored
         )
-        alerts = self._circuit_alerts(message_id, envelope.mail_from, snapshot, now)
+        alerts = (
+            self._circuit_alerts(message_id, envelope.mail_from, snapshot, now)
+            if settlement.open_circuit
+            else ()
+        )
         try:
             return await self.store.run(
                 self.volume.settle,

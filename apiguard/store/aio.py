@@ -1,59 +1,100 @@
-"""Runs the synchronous store on one dedicated thread, off the event loop."""
+"""Runs the synchronous store on one dedicated thread, off the event loop.
+
+Group commit: writes that arrive while a commit is running are queued and share
+the next transaction (and its one fsync). A caller still awaits its own write:
+nothing is acknowledged before the transaction that holds it has committed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
-from apiguard.store.base import NewMessage
+from apiguard.store.base import NewMessage, RecipientOutcome
 from apiguard.store.sqlite import SqliteStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Item = TypeVar("Item")
+
+# Work to do inside the message's own transaction (e.g. settling volume counts).
+FollowUp = Callable[[sqlite3.Connection], Any]
 
 
-class AsyncStore:
-    """Awaitable access to a `SqliteStore`, with group commit of accepted messages:
-    transactions that arrive while a commit is running share the next fsync."""
+class _Batcher(Generic[Item]):
+    """Queues items and writes each queue-full with one call on the store thread."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        self.sync = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apiguard-store")
-        self._pending: list[tuple[tuple[NewMessage, tuple[NewMessage, ...]], asyncio.Future[None]]]
-        self._pending = []
+    def __init__(self, store: AsyncStore, write: Callable[[list[Item]], list[Any]]) -> None:
+        self._store = store
+        self._write = write
+        self._pending: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flushing = False
 
-    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
-
-    async def accept(self, message: NewMessage, notices: tuple[NewMessage, ...] = ()) -> None:
-        """Durably store one message (with its notices); returns once committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((message, notices), future))
+    async def submit(self, item: Item) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-        await future
+        return await future
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self.run(self.sync.accept_many, [item for item, _ in batch])
+                    results = await self._store.run(self._write, [item for item, _ in batch])
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
                 else:
-                    for _, future in batch:
+                    for (_, future), result in zip(batch, results, strict=True):
                         if not future.done():
-                            future.set_result(None)
+                            future.set_result(result)
         finally:
             self._flushing = False
+
+
+class AsyncStore:
+    """Awaitable access to a `SqliteStore`, with group commit of accepted
+    messages and of delivery outcomes."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.sync = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apiguard-store")
+        self._accepts: _Batcher[tuple[NewMessage, tuple[NewMessage, ...], FollowUp | None]]
+        self._accepts = _Batcher(self, store.accept_many)
+        self._completions: _Batcher[
+            tuple[str, list[RecipientOutcome], tuple[NewMessage, ...], float]
+        ] = _Batcher(self, store.complete_many)
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+
+    async def accept(
+        self,
+        message: NewMessage,
+        notices: tuple[NewMessage, ...] = (),
+        then: FollowUp | None = None,
+    ) -> Any:
+        """Durably store one message (with its notices, and `then` run in the same
+        transaction); returns `then`'s result once committed."""
+        return await self._accepts.submit((message, notices, then))
+
+    async def complete(
+        self,
+        message_id: str,
+        outcomes: list[RecipientOutcome],
+        notices: tuple[NewMessage, ...] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Record one delivery attempt's outcomes (grouped with other attempts)."""
+        await self._completions.submit((message_id, outcomes, notices, now))
 
     async def close(self) -> None:
         await self.run(self.sync.close)

@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -183,13 +183,26 @@ class SqliteStore:
             for notice in notices:
                 self._insert(db, notice)
 
-    def accept_many(self, batch: list[tuple[NewMessage, tuple[NewMessage, ...]]]) -> None:
-        """Group commit: several accepted messages in one durable transaction."""
+    def accept_many(
+        self,
+        batch: Sequence[
+            tuple[NewMessage, tuple[NewMessage, ...]]
+            | tuple[NewMessage, tuple[NewMessage, ...], Callable[[sqlite3.Connection], Any] | None]
+        ],
+    ) -> list[Any]:
+        """Group commit: several accepted messages in one durable transaction. An
+        item's optional follow-up runs right after its insert, in the same
+        transaction; its result is returned in order."""
+        results: list[Any] = []
         with self._transaction() as db:
-            for message, notices in batch:
+            for item in batch:
+                message, notices = item[0], item[1]
+                follow_up = item[2] if len(item) > 2 else None
                 self._insert(db, message)
                 for notice in notices:
                     self._insert(db, notice)
+                results.append(follow_up(db) if follow_up is not None else None)
+        return results
 
     def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
         """Mark due recipients as sending and return them grouped by message,
@@ -253,20 +266,38 @@ class SqliteStore:
     ) -> None:
         """Record one attempt's outcome per recipient, the notices it causes, and
         finish the message (dropping its content) once every recipient is final."""
+        self.complete_many([(message_id, outcomes, notices, now)])
+
+    def complete_many(
+        self, batch: Sequence[tuple[str, list[RecipientOutcome], tuple[NewMessage, ...], float]]
+    ) -> list[None]:
+        """Group commit of several delivery attempts' outcomes."""
         with self._transaction() as db:
-            db.executemany(
-                "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-                " last_reply = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
-                [
-                    (o.state.value, o.next_attempt_at, o.reply[:500], now, message_id, o.rcpt)
-                    for o in outcomes
-                ],
-            )
-            for notice in notices:
-                self._insert(db, notice)
-            for hook in self.completion_hooks:
-                hook(db, message_id, outcomes)
-            self._finish_if_final(db, message_id)
+            for message_id, outcomes, notices, now in batch:
+                self._complete(db, message_id, outcomes, notices, now)
+        return [None] * len(batch)
+
+    def _complete(
+        self,
+        db: sqlite3.Connection,
+        message_id: str,
+        outcomes: list[RecipientOutcome],
+        notices: tuple[NewMessage, ...],
+        now: float,
+    ) -> None:
+        db.executemany(
+            "UPDATE recipients SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+            " last_reply = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
+            [
+                (o.state.value, o.next_attempt_at, o.reply[:500], now, message_id, o.rcpt)
+                for o in outcomes
+            ],
+        )
+        for notice in notices:
+            self._insert(db, notice)
+        for hook in self.completion_hooks:
+            hook(db, message_id, outcomes)
+        self._finish_if_final(db, message_id)
 
     def _finish_if_final(self, db: sqlite3.Connection, message_id: str) -> None:
         open_count = db.execute(

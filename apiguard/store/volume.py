@@ -256,36 +256,47 @@ class VolumeStore:
         meantime is refused too."""
         durable = settlement.fanout_crossed or settlement.open_circuit or settlement.held
         with self._transaction(durable=durable) as db:
-            if not settlement.stored or settlement.refused:
-                self._forget(db, [settlement.message_id])
-            else:
-                db.execute(
-                    "UPDATE volume_messages SET settled = 1 WHERE message_id = ?",
-                    (settlement.message_id,),
-                )
-            copies = 0
-            self_refused = False
-            fingerprint = settlement.fingerprint
-            if settlement.fanout_crossed and fingerprint is not None:
-                db.execute(
-                    "INSERT INTO volume_blocks (fingerprint, blocked_at) VALUES (?, ?)"
-                    " ON CONFLICT(fingerprint) DO UPDATE SET blocked_at = excluded.blocked_at",
-                    (fingerprint, now),
-                )
-                copies = self._refuse_held_copies(db, fingerprint, now - windows.fanout, now)
-            elif settlement.held and settlement.stored and fingerprint is not None:
-                blocked = db.execute(
-                    "SELECT 1 FROM volume_blocks WHERE fingerprint = ? AND blocked_at >= ?",
-                    (fingerprint, now - windows.fanout),
-                ).fetchone()
-                if blocked is not None:
-                    self_refused = self._refuse_held(db, settlement.message_id, now)
-            opened = False
-            if settlement.open_circuit and settlement.stored:
-                opened = self._open_circuit(db, settlement, now)
-                if opened:
-                    for notice in alert_notices:
-                        self.store._insert(db, notice)
+            return self.settle_in(db, settlement, now, windows, alert_notices)
+
+    def settle_in(
+        self,
+        db: sqlite3.Connection,
+        settlement: Settlement,
+        now: float,
+        windows: VolumeWindows,
+        alert_notices: tuple[NewMessage, ...] = (),
+    ) -> SettleOutcome:
+        """`settle` inside the caller's transaction (the message's own group commit)."""
+        if not settlement.stored or settlement.refused:
+            self._forget(db, [settlement.message_id])
+        else:
+            db.execute(
+                "UPDATE volume_messages SET settled = 1 WHERE message_id = ?",
+                (settlement.message_id,),
+            )
+        copies = 0
+        self_refused = False
+        fingerprint = settlement.fingerprint
+        if settlement.fanout_crossed and fingerprint is not None:
+            db.execute(
+                "INSERT INTO volume_blocks (fingerprint, blocked_at) VALUES (?, ?)"
+                " ON CONFLICT(fingerprint) DO UPDATE SET blocked_at = excluded.blocked_at",
+                (fingerprint, now),
+            )
+            copies = self._refuse_held_copies(db, fingerprint, now - windows.fanout, now)
+        elif settlement.held and settlement.stored and fingerprint is not None:
+            blocked = db.execute(
+                "SELECT 1 FROM volume_blocks WHERE fingerprint = ? AND blocked_at >= ?",
+                (fingerprint, now - windows.fanout),
+            ).fetchone()
+            if blocked is not None:
+                self_refused = self._refuse_held(db, settlement.message_id, now)
+        opened = False
+        if settlement.open_circuit and settlement.stored:
+            opened = self._open_circuit(db, settlement, now)
+            if opened:
+                for notice in alert_notices:
+                    self.store._insert(db, notice)
         return SettleOutcome(
             circuit_opened=opened, copies_refused=copies, self_refused=self_refused
         )
