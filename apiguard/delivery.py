@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
@@ -82,6 +83,7 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[DeliveryJob] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self.last_loop_at = 0.0
@@ -109,41 +111,52 @@ class DeliveryWorker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        # Claimed but not attempted: due again (a crash would do the same at start-up).
+        unattempted = [job.message_id for job in self._queue]
+        self._queue.clear()
+        if unattempted:
+            with contextlib.suppress(Exception):
+                await self.store.run(self.store.sync.unclaim, unattempted)
 
     @property
     def alive(self) -> bool:
         return self._runner is not None and not self._runner.done()
 
     async def _run(self) -> None:
+        """Claim due messages ahead (one transaction for many) into a queue, and
+        keep `concurrency` attempts running from it."""
         while not self._stopping:
             self.last_loop_at = self.clock()
-            free = self._concurrency - len(self._tasks)
-            jobs: list[DeliveryJob] = []
-            if free > 0:
-                try:
-                    jobs = await self.store.run(
-                        self.store.sync.claim_due, self.clock(), min(free, self.settings.batch_size)
-                    )
-                except Exception as error:
-                    log.error("delivery.claim_failed", error=type(error).__name__)
-            for job in jobs:
-                task = asyncio.create_task(self._attempt(job))
+            claimed: list[DeliveryJob] = []
+            if len(self._queue) < self._concurrency:
+                room = self.settings.batch_size - len(self._queue) - len(self._tasks)
+                if room > 0:
+                    try:
+                        claimed = await self.store.run(
+                            self.store.sync.claim_due, self.clock(), room
+                        )
+                    except Exception as error:
+                        log.error("delivery.claim_failed", error=type(error).__name__)
+                    self._queue.extend(claimed)
+            while self._queue and len(self._tasks) < self._concurrency:
+                task = asyncio.create_task(self._attempt(self._queue.popleft()))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
-            if jobs and len(self._tasks) < self._concurrency:
-                continue
-            await self._sleep()
+            await self._sleep(idle=not claimed and not self._queue and not self._tasks)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._wake.set()
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, *, idle: bool) -> None:
+        """Wait to be woken (an attempt finished, a message was queued) or until
+        the next retry is due; only an idle worker asks the store when that is."""
         timeout = self.settings.poll_interval
-        with contextlib.suppress(Exception):
-            due = await self.store.run(self.store.sync.next_due)
-            if due is not None:
-                timeout = max(0.0, min(timeout, due - self.clock()))
+        if idle:
+            with contextlib.suppress(Exception):
+                due = await self.store.run(self.store.sync.next_due)
+                if due is not None:
+                    timeout = max(0.0, min(timeout, due - self.clock()))
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)

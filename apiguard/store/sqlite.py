@@ -320,6 +320,17 @@ class SqliteStore:
             )
             return cursor.rowcount
 
+    def unclaim(self, message_ids: Sequence[str]) -> int:
+        """Claimed recipients that were never attempted become due again."""
+        with self._transaction() as db:
+            return sum(
+                db.execute(
+                    "UPDATE recipients SET state = ? WHERE message_id = ? AND state = ?",
+                    (RecipientState.QUEUED.value, message_id, RecipientState.SENDING.value),
+                ).rowcount
+                for message_id in message_ids
+            )
+
     def next_due(self) -> float | None:
         rows = self._read(
             "SELECT MIN(next_attempt_at) FROM recipients WHERE state IN (?, ?)", _PENDING
