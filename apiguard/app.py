@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from apiguard import metrics
+from apiguard.analysis import Analyser
 from apiguard.config import ConfigError, Settings
 from apiguard.delivery import DeliveryWorker
 from apiguard.looplag import LoopLagMonitor
@@ -104,8 +105,14 @@ class Application:
             self.identity,
             concurrency=settings.relay.connections,
         )
+        self.analyser = Analyser(self.charter, settings, workers=settings.processing.workers)
         self.pipeline = Pipeline(
-            self.charter, self.store, settings, on_queued=self.delivery.wake, volume=self.volume
+            self.charter,
+            self.store,
+            settings,
+            on_queued=self.delivery.wake,
+            volume=self.volume,
+            analyser=self.analyser,
         )
         self.handler = ApiguardHandler(self.pipeline, max_recipients=settings.smtp.max_recipients)
         self.server: asyncio.Server | None = None
@@ -156,6 +163,7 @@ class Application:
             raise
 
     async def start(self) -> None:
+        await self.analyser.start()
         await self._listen()
         self.looplag.start()
         dropped = await self.store.run(self.volume.recover)
@@ -215,6 +223,7 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         finished = await self.handler.wait_idle(self.settings.smtp.shutdown_grace)
+        await self.analyser.stop()
         await self.delivery.stop()
         await self.relay.close()
         await self.store.close()

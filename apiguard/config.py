@@ -152,6 +152,13 @@ class RelaySettings(Section):
     helo_name: str = "apiguard.localhost"
 
 
+class ProcessingSettings(Section):
+    """Where messages are parsed and judged by the content rules."""
+
+    # Worker processes (a free core each); 0: in the SMTP process itself.
+    workers: int = Field(default=1, ge=0, le=32)
+
+
 class StorageSettings(Section):
     path: Path = Path("./var")
     backend: Literal["sqlite"] = "sqlite"
@@ -264,6 +271,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     notices: NoticeSettings = Field(default_factory=NoticeSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -8,18 +8,18 @@ before the charter decides, so concurrent sessions see each other exactly.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.utils
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from apiguard import metrics
+from apiguard.analysis import Analyser, merge, state_half
 from apiguard.config import Settings
 from apiguard.delivery import new_message_id, notice_message
 from apiguard.fingerprint import content_fingerprint
@@ -44,11 +44,10 @@ from apiguard.volume import (
 
 log = structlog.get_logger("apiguard.pipeline")
 
-# Messages larger than this are parsed and judged on a worker thread, so that a
-# big attachment never stalls the other SMTP sessions.
-OFF_LOOP_SIZE = 256 * 1024
 _INTERNAL_ERROR = replies.INTERNAL_ERROR
 T = TypeVar("T")
+# The state rules read the envelope and the counts, never the content.
+_ENVELOPE_ONLY = ParsedMessage(headers=(), text="", attachments=(), defects=(), size=0)
 
 
 def read_message(raw: bytes, recipients: Sequence[str] = ()) -> tuple[ParsedMessage, str | None]:
@@ -95,8 +94,11 @@ class Pipeline:
         on_queued: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         volume: VolumeStore | None = None,
+        analyser: Analyser | None = None,
     ) -> None:
         self.charter = charter
+        self.analyser = analyser or Analyser(charter, settings, workers=0)
+        self.state_rules = state_half(charter)
         self.store = store
         # Without it (no memory across messages) the volume rules are skipped.
         self.volume = volume
@@ -125,11 +127,9 @@ class Pipeline:
     ) -> Reply:
         message_id = new_message_id()
         now = self.clock()
-        off_loop = len(raw) > OFF_LOOP_SIZE
         try:
-            parsed, fingerprint = await self._compute(
-                off_loop, read_message, raw, envelope.rcpt_tos
-            )
+            # Parse, fingerprint and the content rules: in a worker process if any.
+            fingerprint, content = await self.analyser.analyse(raw, envelope, now)
         except Exception as error:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
             metrics.record_error("evaluation")
@@ -141,10 +141,10 @@ class Pipeline:
             metrics.record_error("store")
             return replies.STORE_FAILED
         try:
+            # The rules that read live state: volume counts, known correspondents.
             when = datetime.fromtimestamp(now, UTC)
-            decision = await self._compute(
-                off_loop, judge, self.charter, envelope, parsed, when, snapshot
-            )
+            state = judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot)
+            decision = merge(content, state)
         except Exception as error:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
             metrics.record_error("evaluation")
@@ -186,12 +186,6 @@ class Pipeline:
             reply=reply.code,
         )
         return reply
-
-    async def _compute(self, off_loop: bool, function: Callable[..., T], *args: Any) -> T:
-        """Pure work, on a worker thread for big messages."""
-        if off_loop:
-            return await asyncio.to_thread(function, *args)
-        return function(*args)
 
     async def _observe(
         self, message_id: str, envelope: Envelope, fingerprint: str | None, now: float

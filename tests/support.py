@@ -136,6 +136,8 @@ def proxy_settings(storage: Path, sink_port: int, **sections: dict[str, Any]) ->
         "ops": {"port": 0},
         "relay": {"host": "127.0.0.1", "port": sink_port, "security": "none", "timeout": 10},
         "storage": {"path": str(storage)},
+        # In-process analysis keeps tests quick; test_analysis_workers.py covers workers.
+        "processing": {"workers": 0},
         "delivery": {"retry_initial": 0.2, "retry_max": 0.5, "poll_interval": 0.05},
         "logging": {"format": "json"},
     }

@@ -4,7 +4,7 @@ one decision is taken by severity."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -83,6 +83,10 @@ class Charter:
                 ) from None
             rules.append(rule_class(params))
         return cls(rules, context)
+
+    def subset(self, keep: Callable[[Rule], bool]) -> Charter:
+        """The same table restricted to the rules `keep` selects."""
+        return Charter((rule for rule in self.all_rules if keep(rule)), self.context)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

@@ -3,8 +3,9 @@ how Articles 1, 2 and 5 generalise: every legitimate message in
 tests/corpus_heldout is forwarded, every violation is held or rejected, and
 over the corpus no legitimate message is stopped while at least 90 % of the
 violations are caught. The manifest's exact verdict and rule ids are reported
-(not asserted): a violation caught only by the `art1.no-patient-data` safety
-net tells the lead which content signals are missing."""
+(not asserted). Every violation must also be caught by a content rule, not
+only by the `art1.no-patient-data` safety net: the same message naming a
+patient would otherwise be forwarded."""
 
 from __future__ import annotations
 
@@ -73,6 +74,26 @@ def test_heldout_message_is_judged_right(row: dict[str, Any]) -> None:
     assert correct(row), (decision.verdict.value, hits)
 
 
+# Rules that judge what a message says or how it is sent, whether or not it
+# names a patient.
+CONTENT_RULES = frozenset({"art1.private-content", "art2.announcement", "art2.too-many-recipients"})
+
+
+def content_hits(decision: Decision) -> list[str]:
+    return sorted(
+        {f.rule for f in decision.findings if f.rule in CONTENT_RULES or f.rule.startswith("art5.")}
+    )
+
+
+@pytest.mark.parametrize(
+    "row", [row for row in ROWS if row["kind"] == "violation"], ids=lambda row: row["file"]
+)
+def test_heldout_violation_is_caught_by_a_content_rule(row: dict[str, Any]) -> None:
+    decision = decide(row["file"])
+    hits = sorted({finding.rule for finding in decision.findings})
+    assert content_hits(decision), hits
+
+
 def test_heldout_precision_and_recall() -> None:
     violations = [row for row in ROWS if row["kind"] == "violation"]
     legitimate = [row for row in ROWS if row["kind"] == "legitimate"]
@@ -80,10 +101,12 @@ def test_heldout_precision_and_recall() -> None:
     false_alarms = sum(not correct(row) for row in legitimate)
     precision = caught / (caught + false_alarms) if caught + false_alarms else 1.0
     recall = caught / len(violations)
+    by_content = sum(bool(content_hits(decide(row["file"]))) for row in violations)
     print(
         f"\nheld-out corpus: {len(legitimate)} legitimate, {len(violations)} violations; "
         f"caught {caught}, false alarms {false_alarms}; "
-        f"precision {precision:.1%}, recall {recall:.1%}"
+        f"precision {precision:.1%}, recall {recall:.1%}; "
+        f"caught by a content rule {by_content}"
     )
     for row in ROWS:
         decision = decide(row["file"])

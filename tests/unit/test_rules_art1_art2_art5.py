@@ -114,6 +114,14 @@ def test_no_patient_data_holds_messages_about_no_patient(
          "newsletter,unsubscribe"),
         ("Faire-part", "Nous avons le plaisir de vous annoncer la naissance de Léa. "
          "Grosses bises !", "personal-news"),
+        ("2026", "Que cette nouvelle année vous apporte santé et bonheur, à vous et à vos "
+         "proches.", "greetings"),
+        ("Urgent", "Signez la pétition et faites suivre à tous vos collègues !",
+         "chain-letter"),
+        ("Logiciel", "Profitez de notre offre : -20 % sur votre abonnement, démonstration "
+         "gratuite.", "commercial"),
+        ("Dimanche", "On se fait un resto dimanche ? Je t'embrasse.", "personal-news"),
+        ("Fwd", "Pour le sourire du vendredi : c'est l'histoire d'un patient qui…", "jokes"),
     ],
 )  # fmt: skip
 def test_private_content_is_held_and_names_its_signals(
@@ -135,6 +143,8 @@ def test_private_content_is_held_and_names_its_signals(
         LETTER + "Bonne année et meilleurs vœux !",  # a greeting inside a real letter
         LETTER + "Formation d'un thrombus flottant. Pour rire, il a fait une chute.",
         "Le patient est un commercial qui aime les blagues.",  # single words never count
+        LETTER + "Sa famille lui adresse ses vœux de guérison.",
+        LETTER + "Démonstration d'inhalation faite en consultation ; technique correcte.",
     ],
 )
 def test_letters_are_not_private_content(body: str) -> None:
@@ -237,6 +247,18 @@ ANNOUNCEMENTS = [
     ("Absence", "Je serai absent du 1er au 15 août, mon remplaçant assurera les "
      "consultations.", "replacement"),
     ("Enquete", "Enquete en ligne, quelques minutes de votre temps", "questionnaire"),
+    ("Live", "Le Dr Leroy répondra en direct aux questions ; replay disponible un mois.",
+     "webinar"),
+    ("Horaires", "Le cabinet sera exceptionnellement fermé le 14 juillet ; horaires d'été "
+     "en août.", "opening-closing"),
+    ("Arrivée", "Nous accueillons le Dr Ferrand, qui rejoindra l'équipe en mars.",
+     "opening-closing"),
+    ("Avis", "Votre avis nous intéresse : formulaire en ligne, réponses anonymes.",
+     "questionnaire"),
+    ("Staff", "Le service ouvre ses staffs aux médecins de ville ; confirmez votre venue.",
+     "invitation,training"),
+    ("Mai", "Dès le 2 mai, vous nous trouverez au 4 rue des Lilas ; parking gratuit.",
+     "moving"),
 ]  # fmt: skip
 
 
@@ -285,6 +307,11 @@ def test_the_escalation_without_patient_data_is_configurable() -> None:
         LETTER + "Je serai absent la semaine prochaine ; le Dr Rousseau a accès au dossier.",
         LETTER + "Vous êtes invités à la RCP du 18 mars, en visioconférence.",
         LETTER + "Retour de congrès à Dakar ; nouveau numéro de téléphone au dossier.",
+        LETTER + "Fermeture de la plaie par surjet ; la stomie sera fermée le 12 septembre.",
+        LETTER + "Nous lui avons présenté l'offre de soins de l'hôpital de jour.",
+        LETTER + "Questionnaire de qualité de vie (EORTC QLQ-C30) rempli en consultation.",
+        LETTER + "Vu au staff de chirurgie ; inscription sur liste de greffe en cours.",
+        LETTER + "Il part en retraite le mois prochain et souhaite reprendre le sport.",
     ],
 )
 def test_clinical_uses_of_announcement_words_do_not_fire(body: str) -> None:

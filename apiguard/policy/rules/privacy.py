@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date
 
 from apiguard.hprim import compact_nir
 from apiguard.identity import PatientIdentity
+from apiguard.patient import parse_birth_date
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule
 from apiguard.policy.verdict import Action, Finding
@@ -122,12 +124,111 @@ def nir_shaped_in_subject(subject: str) -> bool:
     return _NIR_SHAPED.search(_fold_keep_punctuation(subject)) is not None
 
 
+# --- a person named by the subject alone ---------------------------------------
+# Upper-case words of medical subjects that are not names: acronyms, headings,
+# titles (compared folded). Words without a vowel (TSH, NFS, CRH) never count.
+_NOT_NAMES = frozenset(
+    {"ait", "alat", "ald", "ame", "anapath", "apa", "apicrypt", "ars", "asalee", "asat", "avc",
+     "avis", "bilan", "bilans", "biologie", "biopsie", "bpco", "cardio", "cardiologie", "ccam",
+     "cda", "certificat", "chirurgie", "chr", "chu", "cmp", "cmu", "compte", "confidentiel",
+     "consultation", "controle", "convocation", "courrier", "covid", "cpam", "cpts", "crc",
+     "crh", "cro", "ddn", "dmp", "docteur", "dossier", "dpc", "ecbu", "echo", "echographie",
+     "ehpad", "emg", "enfant", "entree", "eoh", "epu", "examen", "examens", "fin", "fmc",
+     "gastro", "ggt", "grippe", "gyneco", "had", "has", "hdj", "holter", "hospitalisation",
+     "hprim", "ide", "idel", "imagerie", "important", "info", "information", "ins", "irm",
+     "labo", "laboratoire", "lettre", "madame", "mademoiselle", "mapa", "mdph", "monsieur",
+     "msp", "mss", "neuro", "ngap", "nir", "nouveau", "nouvelle", "objet", "oncologie",
+     "ophtalmo", "ordonnance", "orl", "patient", "patiente", "pcr", "pdf", "pediatrie", "pmi",
+     "pneumo", "prescription", "professeur", "psa", "psy", "psychiatrie", "radio", "radiologie",
+     "rappel", "ras", "rdv", "rea", "relance", "rendu", "resultat", "resultats", "samu", "sau",
+     "scanner", "smur", "soins", "sortie", "sos", "ssiad", "suivi", "tca", "tdm", "tep", "uhcd",
+     "urgence", "urgences", "urgent", "urps", "usic", "vaccin", "vih"}
+)  # fmt: skip
+_TITLES = frozenset({"dr", "dre", "drs", "docteur", "pr", "pre", "prs", "professeur"})
+_U = "A-ZÀ-ÖØ-Þ"
+_L = "a-zß-öø-ÿ"
+# One to four upper-case words: "ROCHE", "LE GALL", "N'DIAYE", "MARTIN-QUÉRÉ".
+_UPPER_RUN = rf"[{_U}]+(?:['’][{_U}]+)?(?:[ \-][{_U}]+(?:['’][{_U}]+)?){{0,3}}"
+_FIRST = rf"[{_U}][{_L}]+(?:-[{_U}][{_L}]+)?"
+_END = r"(?![^\W_])"  # no letter or digit glued after
+_CIVILITY_NAME = re.compile(
+    r"(?<![^\W_])(?P<civ>M\.|(?i:madame|mademoiselle|monsieur|mme|mlle|melle|mr\.?|enfant|"
+    r"b[ée]b[ée]))(?:\s+|(?<=\.))"
+    rf"(?:(?!(?i:dr|pr|docteur|professeur)\b){_FIRST}\s+)?(?P<name>{_UPPER_RUN}){_END}"
+)
+_BIRTH_DATE = (
+    r"[\s,;:(\-]*(?:(?i:n[ée]e?|n[ée]\(e\))\s+le\s*|(?i:ddn)\s*:?\s*)?"
+    r"(?P<date>\d{1,2}[/.\-]\d{1,2}[/.\-](?:\d{4}|\d{2}))(?!\d)"
+)
+_NAME_FIRST_DATE = re.compile(
+    rf"(?<![^\W_])(?:(?P<name>{_UPPER_RUN})\s+{_FIRST}|{_FIRST}\s+(?P<name2>{_UPPER_RUN}))"
+    rf"{_END}{_BIRTH_DATE}"
+)
+_TITLE_BEFORE = re.compile(r"(?i:\b(?:dr|dre|drs|docteur|pr|professeur)\.?)\s*$")
+
+
+def _is_name_word(word: str) -> bool:
+    """An upper-case word that can be a last name: 3 letters or more, a vowel,
+    no digit, and not an acronym or heading of the stop-list."""
+    folded = fold(word).replace(" ", "")
+    return (
+        word.isupper()
+        and folded.isalpha()
+        and len(folded) >= _MIN_NAME_LETTERS
+        and any(v in folded for v in "aeiouy")
+        and folded not in _NOT_NAMES
+        and folded not in _TITLES
+    )
+
+
+def _names_someone(run: str) -> bool:
+    return any(_is_name_word(w) for w in re.split(r"[ \-'’]+", run))
+
+
+def subject_names_a_person(subject: str, today: date) -> list[str]:
+    """Subject-only evidence of a person: a civility before an upper-case NAME
+    ("CRH Mme CHEVALIER", "Re: M. FAURE Julien"), or an upper-case NAME with a
+    first name and a past date ("MARCHAND Louis 28/02/1958"). Practitioners
+    ("Dr MARTIN Paul …") and acronyms ("IRM", "CHU", "HbA1c") never count."""
+    signals: list[str] = []
+    has_lower = any(c.islower() for c in subject)
+    for match in _CIVILITY_NAME.finditer(subject):
+        # In an all-capitals subject "ENFANT ASTHME" names nobody.
+        child = match["civ"][0] in "EeBb"
+        if (has_lower or not child) and _names_someone(match["name"]):
+            signals.append("civility_name")
+            break
+    for match in _NAME_FIRST_DATE.finditer(subject):
+        name = match["name"] or match["name2"]
+        if _TITLE_BEFORE.search(subject[: match.start()]):
+            continue
+        if _names_someone(name) and parse_birth_date(match["date"], today) is not None:
+            signals.append("name_birth_date")
+            break
+    return signals
+
+
+def _text_last_name(last_name: str) -> str:
+    """A last name read from a letter's text is a best effort ("GARNIER DDN"):
+    keep only the words that are no heading, acronym or title."""
+    kept = [w for w in last_name.split() if fold(w) not in _NOT_NAMES | _TITLES]
+    return " ".join(kept)
+
+
 _SIGNALS = {
     # signal -> (French, English) what was found
     "last_name": ("le nom du patient", "the patient's last name"),
     "birth_date": ("la date de naissance du patient", "the patient's date of birth"),
     "nir": ("le NIR du patient", "the patient's NIR"),
     "nir_shaped": ("un numéro de sécurité sociale (NIR)", "a social security number (NIR)"),
+    "civility_name": (
+        "un nom de personne précédé d'une civilité",
+        "a person's name after a civility",
+    ),
+    "name_birth_date": (
+        "un nom, un prénom et une date",
+        "a last name, a first name and a date",
+    ),
 }
 
 
@@ -143,8 +244,11 @@ def _identity_signals(identity: PatientIdentity, raw_dob: str, subject: str) -> 
 
 
 class IdentityInSubject(Rule):
-    """`privacy.identity-in-subject`: the patient's name, date of birth or NIR, or
-    any NIR-shaped number, in the Subject (which APICRYPT does not encrypt)."""
+    """`privacy.identity-in-subject`: the Subject (which APICRYPT does not encrypt)
+    names a patient: the name, date of birth or NIR of a patient identified in
+    the message (HPRIM header, HPRIM Santé, CDA, or the letter's text), any
+    NIR-shaped number, or a person named by the subject alone (a civility
+    before an upper-case NAME, or NAME Firstname and a date)."""
 
     id = "privacy.identity-in-subject"
     article = None
@@ -167,8 +271,20 @@ class IdentityInSubject(Rule):
                 signals = _identity_signals(patient.identity, patient.birth_date_text, subject)
                 for signal in signals:
                     found.setdefault(signal, str(patient.index))
+        # Identities from CDA documents or the letter's text (the text is only
+        # read when no HPRIM identity exists: then the HPRIM ones above count).
+        for identity in ctx.patient_data.identities:
+            if identity.source in ("hprim", "hprim-sante"):
+                continue
+            if identity.source == "text":
+                identity = replace(identity, last_name=_text_last_name(identity.last_name))
+            for signal in _identity_signals(identity, "", subject):
+                found.setdefault(signal, "")
         if "nir" not in found and nir_shaped_in_subject(subject):
             found["nir_shaped"] = ""
+        if "last_name" not in found:
+            for signal in subject_names_a_person(subject, ctx.charter.now.date()):
+                found[signal] = ""
         findings: list[Finding] = []
         for signal, record in found.items():
             what_fr, what_en = _SIGNALS[signal]
