@@ -169,7 +169,7 @@ class Application:
         dropped = await self.store.run(self.volume.recover)
         if dropped:
             log.info("volume.recovered", dropped=dropped)
-        await self.delivery.start(own_thread=True)
+        await self.delivery.start()
         log.info(
             "app.started",
             smtp_port=self.port,
@@ -224,7 +224,8 @@ class Application:
                 await self._expiry
         finished = await self.handler.wait_idle(self.settings.smtp.shutdown_grace)
         await self.analyser.stop()
-        await self.delivery.stop()  # closes the relay connections in its own loop
+        await self.delivery.stop()
+        await self.relay.close()
         await self.store.close()
         await self.looplag.stop()
         log.info("app.stopped", clean=finished)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -87,67 +86,19 @@ class DeliveryWorker:
         self._queue: deque[DeliveryJob] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
-        self._stopped = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self.last_loop_at = 0.0
 
     def wake(self) -> None:
-        """Something became due (a message was accepted or released). Callable
-        from any thread."""
-        loop = self._loop
-        if loop is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                loop.call_soon_threadsafe(self._wake.set)
-        else:
-            self._wake.set()
+        """Something became due (a message was accepted or released)."""
+        self._wake.set()
 
-    async def start(self, *, own_thread: bool = False) -> None:
-        """Recover what a crash left in delivery, then deliver: in this event loop,
-        or (`own_thread`) in an event loop of its own on a thread, so that relay
-        traffic does not share the SMTP sessions' loop."""
+    async def start(self) -> None:
         recovered = await self.store.run(self.store.sync.recover_in_flight)
         if recovered:
             log.info("delivery.recovered", recipients=recovered)
-        if not own_thread:
-            self._runner = asyncio.create_task(self._run(), name="apiguard-delivery")
-            return
-        ready = threading.Event()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._runner = loop.create_task(self._run(), name="apiguard-delivery")
-            loop.call_soon(ready.set)
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name="apiguard-delivery", daemon=True)
-        self._thread.start()
-        await asyncio.to_thread(ready.wait)
+        self._runner = asyncio.create_task(self._run(), name="apiguard-delivery")
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Finish the attempts in flight (up to `grace` seconds), hand back what
-        was claimed but not tried, and close the relay connections."""
-        if self._stopped:
-            return
-        self._stopped = True
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            await self._stop_here(grace)
-            return
-        done = asyncio.run_coroutine_threadsafe(self._stop_here(grace), loop)
-        try:
-            await asyncio.wrap_future(done)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            await asyncio.to_thread(thread.join, grace + 5)
-
-    async def _stop_here(self, grace: float) -> None:
         self._stopping = True
         self._wake.set()
         if self._runner is not None:
@@ -166,13 +117,9 @@ class DeliveryWorker:
         if unattempted:
             with contextlib.suppress(Exception):
                 await self.store.run(self.store.sync.unclaim, unattempted)
-        with contextlib.suppress(Exception):
-            await self.relay.close()
 
     @property
     def alive(self) -> bool:
-        if self._thread is not None and not self._thread.is_alive():
-            return False
         return self._runner is not None and not self._runner.done()
 
     async def _run(self) -> None:
