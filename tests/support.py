@@ -218,3 +218,17 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    """Wait until a started `apiguard serve` process accepts connections."""
+    for _ in range(400):
+        if process.returncode is not None:
+            raise AssertionError("apiguard exited early")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("apiguard did not start listening")

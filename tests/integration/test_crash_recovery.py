@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Sink, eventually, free_port, letter, send
+from tests.support import Sink, eventually, free_port, letter, send, wait_listening
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -40,19 +40,6 @@ format = "json"
 """
     )
     return config
-
-
-async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if process.returncode is not None:
-            raise AssertionError("apiguard exited early")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("apiguard did not start listening")
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,7 @@ from tests.support import (
     proxy_settings,
     running_proxy,
     send,
+    wait_listening,
 )
 
 SENDER = "dr.martin@medical13.apicrypt.org"
@@ -88,19 +89,6 @@ COLLEAGUES = [
         "marchand",
     )
 ]
-
-
-async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None:
-    for _ in range(400):
-        if process.returncode is not None:
-            raise AssertionError("apiguard exited early")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("apiguard did not start listening")
 
 
 @contextlib.asynccontextmanager
