@@ -121,28 +121,38 @@ def _analyse_in_worker(raw: bytes, envelope: Envelope, now: float) -> tuple[str 
 
 
 class Analyser:
-    """Runs `analyse` in `workers` processes (0: in the SMTP process, on a thread
-    for big messages). A worker that dies is replaced."""
+    """Runs `analyse` in worker processes (0: in the SMTP process, on a thread for
+    big messages). Big messages have a worker of their own, so that a 10 MB
+    attachment never queues the small letters behind it. A worker that dies is
+    replaced."""
 
     def __init__(self, charter: Charter, settings: Settings, workers: int) -> None:
         self.content = content_half(charter)
         self.workers = workers
         self._settings_json = settings.model_dump_json()
-        self._pool: ProcessPoolExecutor | None = None
+        # Pool name -> (pool, its size): "small" for most mail, "big" for the rest.
+        self._pools: dict[str, ProcessPoolExecutor] = {}
+        self._sizes = {"small": workers, "big": 1}
 
     async def start(self) -> None:
         """Start the workers and wait until each has built its charter, so that
         the first message does not pay for it (nor does a misconfiguration wait)."""
-        if self.workers > 0:
-            self._pool = self._new_pool()
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, _ready) for _ in range(self.workers))
+        if self.workers <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        for name, size in self._sizes.items():
+            self._pools[name] = self._new_pool(size)
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self._pools[name], _ready)
+                for name, size in self._sizes.items()
+                for _ in range(size)
             )
+        )
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, size: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.workers,
+            max_workers=size,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self._settings_json,),
@@ -151,26 +161,28 @@ class Analyser:
     async def analyse(
         self, raw: bytes, envelope: Envelope, now: float
     ) -> tuple[str | None, Decision]:
-        if self._pool is None:
-            if len(raw) > OFF_LOOP_SIZE:
+        big = len(raw) > OFF_LOOP_SIZE
+        if not self._pools:
+            if big:
                 return await asyncio.to_thread(analyse, self.content, raw, envelope, now)
             return analyse(self.content, raw, envelope, now)
+        name = "big" if big else "small"
         loop = asyncio.get_running_loop()
         for attempt in range(2):
-            pool = self._pool
+            pool = self._pools[name]
             try:
                 return await loop.run_in_executor(pool, _analyse_in_worker, raw, envelope, now)
             except BrokenProcessPool:
                 if attempt:
                     raise
-                log.error("analysis.worker_lost")
-                if pool is self._pool:
-                    self._pool = self._new_pool()
+                log.error("analysis.worker_lost", pool=name)
+                if pool is self._pools.get(name):
+                    self._pools[name] = self._new_pool(self._sizes[name])
                     with contextlib.suppress(Exception):
                         pool.shutdown(wait=False, cancel_futures=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stop(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

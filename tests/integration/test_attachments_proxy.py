@@ -99,12 +99,22 @@ async def test_an_xdm_goes_to_a_recipient_declared_cda_and_is_held_for_another(
     assert sink.handler.mails()[0].rcpt_tos == [IMAGING]
 
 
-async def test_a_big_attachment_does_not_stall_other_sessions(sink: Sink, storage: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1], ids=["thread", "worker-process"])
+async def test_a_big_attachment_does_not_stall_other_sessions(
+    sink: Sink, storage: Path, workers: int
+) -> None:
     big = message(
         HPRIM_BODY,
         [(image_pdf(side=64) + b"\n" * (9 * 1024 * 1024), "scan.pdf", "application/pdf")],
     )
-    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+    async with running_proxy(
+        proxy_settings(
+            storage,
+            sink.port,
+            processing={"workers": workers},
+            smtp={"max_connections_per_minute": 100_000},
+        )
+    ) as app:
         big_task = asyncio.create_task(send(app.port, SENDER, [COLLEAGUE], big))
         await asyncio.sleep(0.05)
         timings = []
@@ -117,4 +127,7 @@ async def test_a_big_attachment_does_not_stall_other_sessions(sink: Sink, storag
     assert timings, "the small client ran while the big message was handled"
     # Generous bound: a small transaction is never stuck behind the big analysis.
     assert max(timings) < 5.0
-    print(f"small transactions during the big one: n={len(timings)} max={max(timings):.3f}s")
+    print(
+        f"workers={workers}: small transactions during the big one: n={len(timings)}"
+        f" max={max(timings):.3f}s"
+    )
