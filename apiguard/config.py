@@ -155,7 +155,7 @@ class RelaySettings(Section):
 class ProcessingSettings(Section):
     """Where messages are parsed and judged by the content rules."""
 
-    # Worker processes (a free core each); 0: in the SMTP process itself.
+    # Worker processes for letters (plus one for big messages); 0: in the SMTP process.
     workers: int = Field(default=1, ge=0, le=32)
 
 
