@@ -25,6 +25,8 @@ def write_config(tmp_path: Path, smtp_port: int, sink_port: int) -> Path:
         f"""
 [smtp]
 port = {smtp_port}
+[ops]
+port = 0
 [relay]
 host = "127.0.0.1"
 port = {sink_port}
