@@ -90,9 +90,10 @@ def _findings_text(findings: Sequence[Finding], french: bool) -> str:
         who = f" [{finding.recipient}]" if finding.recipient else ""
         message = finding.message_fr if french else finding.message_en
         fix = finding.fix_fr if french else finding.fix_en
-        out.append(f" - {finding.rule} ({article}){who} : {message}")
+        colon = " :" if french else ":"  # French typography puts a space before ':'
+        out.append(f" - {finding.rule} ({article}){who}{colon} {message}")
         if fix:
-            out.append(f"   {'Que faire' if french else 'What to do'} : {fix}")
+            out.append(f"   {'Que faire' if french else 'What to do'}{colon} {fix}")
     return "\n".join(out)
 
 
@@ -148,7 +149,8 @@ def build_report(
 
 
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%d/%m/%Y %H:%M UTC")
+    """The server's local time (the practice's), with its zone."""
+    return datetime.fromtimestamp(timestamp, UTC).astimezone().strftime("%d/%m/%Y %H:%M %Z")
 
 
 def reject_notice(
