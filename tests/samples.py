@@ -220,3 +220,23 @@ HPRIM_FILE = (
     b"EX-1\r\n01/06/2024\r\n.  dr.a\r\n.  dr.b\r\nTexte du compte rendu.\r\n"
     b"****FIN****\r\n****FINFICHIER****\r\n"
 )
+
+
+def hprim_header(**overrides: str) -> list[str]:
+    """A synthetic 12-line HPRIM Médecin header (fields overridable by name)."""
+    fields = {
+        "code": "P000451",
+        "last": "ZÉPHYRIN",
+        "first": "Léopoldine",
+        "addr1": "12 allée des Tilleuls",
+        "addr2": " ",
+        "city": "29200 BREST",
+        "dob": "05/09/1962",
+        "nir": "2620975123456 50",
+        "exam": "EX-2024-0042",
+        "exam_date": "28/05/2024",
+        "sender": "lab.ouest Laboratoire Synthèse Ouest",
+        "recipient": "dr.exemple Dr Exemple",
+    }
+    fields.update(overrides)
+    return list(fields.values())

@@ -21,6 +21,7 @@ from apiguard.hprim import (
 )
 from apiguard.identity import PatientIdentity
 from apiguard.mail import parse_message
+from tests.samples import hprim_header
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hprim"
 TODAY = date(2024, 6, 1)
@@ -28,22 +29,7 @@ TODAY = date(2024, 6, 1)
 
 def header(**overrides: str) -> list[str]:
     """A synthetic 12-line HPRIM Médecin header (fields overridable by name)."""
-    fields = {
-        "code": "P000451",
-        "last": "ZÉPHYRIN",
-        "first": "Léopoldine",
-        "addr1": "12 allée des Tilleuls",
-        "addr2": " ",
-        "city": "29200 BREST",
-        "dob": "05/09/1962",
-        "nir": "2620975123456 50",
-        "exam": "EX-2024-0042",
-        "exam_date": "28/05/2024",
-        "sender": "lab.ouest Laboratoire Synthèse Ouest",
-        "recipient": "dr.exemple Dr Exemple",
-    }
-    fields.update(overrides)
-    return list(fields.values())
+    return hprim_header(**overrides)
 
 
 def hprim(*records: list[str], end: str = "****FINFICHIER****\n") -> str:

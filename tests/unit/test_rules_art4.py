@@ -16,6 +16,7 @@ from apiguard.mail import Envelope, parse_message
 from apiguard.policy.charter import Charter, rule_classes
 from apiguard.policy.context import CharterContext, MessageContext
 from apiguard.policy.verdict import Action, Decision, Finding, Verdict
+from tests.samples import hprim_header
 
 NOW = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
 ENVELOPE = Envelope("dr.exemple@cabinet.apicrypt.org", ("dr.dest@chu.apicrypt.org",))
@@ -44,22 +45,7 @@ PATIENT_VALUES = (
 
 
 def header(**overrides: str) -> list[str]:
-    fields = {
-        "code": "P000451",
-        "last": "ZÉPHYRIN",
-        "first": "Léopoldine",
-        "addr1": "12 allée des Tilleuls",
-        "addr2": " ",
-        "city": "29200 BREST",
-        "dob": "05/09/1962",
-        "nir": "2620975123456 50",
-        "exam": "EX-2024-0042",
-        "exam_date": "28/05/2024",
-        "sender": "lab.ouest Laboratoire Synthèse Ouest",
-        "recipient": "dr.dest Dr Destinataire",
-    }
-    fields.update(overrides)
-    return list(fields.values())
+    return hprim_header(**{"recipient": "dr.dest Dr Destinataire", **overrides})
 
 
 def letter(*extra: str, **overrides: str) -> list[str]:
