@@ -50,6 +50,7 @@ from bench.sink import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
+THREAD_SPLIT = False  # --threads: print the CPU of each thread after each run
 DEFAULT_COUNTS = {"small": 200, "pdf": 50, "big": 1}
 
 
@@ -110,6 +111,34 @@ def cpu_seconds(root: int) -> float:
         if fields is not None:
             total += sum(int(v) for v in fields[11:15])
     return total / TICKS
+
+
+def thread_ticks(root: int) -> dict[tuple[int, int], tuple[str, int]]:
+    """CPU ticks per thread of the tree: (pid, tid) -> (process name, ticks)."""
+    ticks: dict[tuple[int, int], tuple[str, int]] = {}
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[-40:]
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                    fields = text[text.rindex(")") + 2 :].split()
+                    comm = text[text.index("(") + 1 : text.rindex(")")]
+                    label = f"{name.decode(errors='replace').strip()} [{comm}]"
+                    ticks[(pid, int(tid))] = (label, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def print_thread_split(before: dict[tuple[int, int], tuple[str, int]], root: int, messages: int) -> None:
+    after = thread_ticks(root)
+    rows = []
+    for key, (label, value) in after.items():
+        used = value - before.get(key, (label, 0))[1]
+        if used > 0:
+            main = " main" if key[0] == key[1] else ""
+            rows.append((used, f"pid {key[0]} tid {key[1]}{main} {label}"))
+    for used, label in sorted(rows, reverse=True)[:8]:
+        print(f"    {used / TICKS / max(1, messages) * 1000:6.2f} ms/msg  {label}")
 
 
 def memory_mb(root: int) -> tuple[float, float]:
@@ -417,6 +446,7 @@ async def measure(
     await read_stats(sink_port, reset=True)
     log_before = len(target.log_lines())
     cpu_before = cpu_seconds(root) if root else 0.0
+    threads_before = thread_ticks(root) if root and THREAD_SPLIT else {}
     peak = [0.0, 0.0]
     stop_sampling = asyncio.Event()
     sampler = asyncio.create_task(_sample_memory(root, peak, stop_sampling))
@@ -461,6 +491,9 @@ async def measure(
     stop_sampling.set()
     await sampler
     cpu = (cpu_seconds(root) - cpu_before) if root else 0.0
+    if root and THREAD_SPLIT:
+        print(f"  CPU by thread, {target.name}:")
+        print_thread_split(threads_before, root, result.accepted + (side.accepted if side else 0))
     started = min(result.started, side.started) if side else result.started
     delivered_span = stats.last - started if stats.count else 0.0
     new_log = target.log_lines()[log_before:]
@@ -727,12 +760,15 @@ def main() -> None:
     parser.add_argument("--big-count", type=int, default=1, help="10 MB messages per connection")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also profile apiguard (py-spy)")
+    parser.add_argument("--threads", action="store_true", help="print the CPU of each thread")
     parser.add_argument(
         "--set", action="append", default=[], help="apiguard setting, e.g. relay.connections=8"
     )
     parser.add_argument("--workdir", default="/var/tmp", help="where stores and queues go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    global THREAD_SPLIT
+    THREAD_SPLIT = args.threads
     asyncio.run(main_async(args))
 
 

@@ -15,6 +15,7 @@ import contextlib
 import enum
 import ipaddress
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, AuthResult, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from apiguard import metrics
@@ -30,6 +31,7 @@ from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
 from apiguard.smtp import replies
 from apiguard.smtp.auth import SubmissionUser, UserDirectory
+from apiguard.smtp.data import READ_AHEAD, DataState, read_data
 from apiguard.smtp.replies import Reply
 
 log = structlog.get_logger("apiguard.smtp")
@@ -140,6 +142,15 @@ SENDER_NOT_ALLOWED = Reply(
     553, "5.7.1", "expediteur non autorise pour ce compte / sender not allowed for this user"
 )
 
+# A plain `<local@domain>` path, the common case, parsed without the email
+# package's full RFC 5322 address grammar (which aiosmtpd runs for every MAIL
+# and RCPT). Anything else (quoted local parts, comments, source routes,
+# non-ASCII, the null path) goes the general way.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.DOTALL
+)
+
 # Replies that show a confused or hostile client: syntax, sequence and AUTH errors.
 _ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
 
@@ -242,13 +253,66 @@ class GuardedSMTP(SMTP):
             await super().push(str(TOO_MANY_ERRORS))
             self.transport.close()
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _SIMPLE_PATH.match(arg.lstrip())
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, match.group(2).lstrip()
+
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self._reset_timeout(self._data_timeout)
         try:
-            await super().smtp_DATA(arg)
+            await self._data(arg)
         finally:
             if self.transport is not None:
                 self._reset_timeout()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA command, with the data read in large pieces
+        (`apiguard.smtp.data`) rather than line by line."""
+        if self._decode_data:  # pragma: no cover - apiguard keeps the bytes
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = self._reader
+        line_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(line_limit, READ_AHEAD)  # type: ignore[attr-defined]
+        try:
+            # aiosmtpd's limit counts the CRLF; read_data's does not.
+            result = await read_data(
+                reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit - 2
+            )
+        except (asyncio.CancelledError, asyncio.IncompleteReadError):
+            log.info("smtp.connection_lost_in_data")
+            self._writer.close()
+            raise asyncio.CancelledError from None
+        finally:
+            reader._limit = line_limit  # type: ignore[attr-defined]
+        if result.state is not DataState.NOMINAL:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            if result.state is DataState.TOO_LONG:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            else:
+                await self.push("552 Error: Too much mail data")
+            return
+        self.envelope.content = result.content
+        self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     # -- AUTH (PLAIN and LOGIN, offered by aiosmtpd only once TLS is on) ------
 

@@ -1,0 +1,188 @@
+"""The piecewise DATA reader gives what aiosmtpd's line-by-line reader gives:
+same end of data, same content, same refusals, whatever the chunking."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from apiguard.smtp.data import DataResult, DataState, read_data, unstuff
+
+
+def reference(stream: bytes, size_limit: int | None, line_limit: int) -> tuple[DataResult, bytes]:
+    """aiosmtpd 1.4's algorithm: CRLF lines up to a line that is exactly
+    ".<CRLF>"; returns the result and what is left in the stream."""
+    lines: list[bytes] = []
+    position = 0
+    total = 0
+    state = DataState.NOMINAL
+    while True:
+        end = stream.index(b"\r\n", position) + 2
+        line = stream[position:end]
+        position = end
+        if line == b".\r\n":
+            break
+        total += len(line)
+        if state is DataState.NOMINAL and len(line) - 2 > line_limit:
+            state = DataState.TOO_LONG
+        elif state is DataState.NOMINAL and size_limit and total > size_limit:
+            state = DataState.TOO_MUCH
+        lines.append(line[1:] if line.startswith(b".") else line)
+    rest = stream[position:]
+    if state is not DataState.NOMINAL:
+        return DataResult(state, b""), rest
+    return DataResult(state, b"".join(lines)), rest
+
+
+async def read(
+    chunks: list[bytes], size_limit: int | None, line_limit: int, reader_limit: int
+) -> tuple[DataResult, bytes]:
+    reader = asyncio.StreamReader(limit=reader_limit)
+
+    async def feed() -> None:
+        for chunk in chunks:
+            reader.feed_data(chunk)
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    feeder = asyncio.create_task(feed())
+    result = await read_data(reader, size_limit=size_limit, line_limit=line_limit)
+    await feeder
+    return result, await reader.read()
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True) if b > a]
+
+
+LINE_BITS = st.lists(
+    st.sampled_from([b"a", b"b", b".", b"..", b"\r", b"\n", b"\r\n", b" ", b"\xe9", b"x" * 40]),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(LINE_BITS, max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
+    size_limit=st.sampled_from([None, 40, 200, 10_000]),
+    line_limit=st.sampled_from([10, 60, 998]),
+    reader_limit=st.sampled_from([8, 64, 1001]),
+)
+def test_same_outcome_as_line_by_line(
+    lines: list[bytes], cuts: list[int], size_limit: int | None, line_limit: int, reader_limit: int
+) -> None:
+    data = b"".join(line + b"\r\n" for line in lines)
+    stream = data + b".\r\nQUIT\r\n"  # a pipelined command after the end of data
+    expected = reference(stream, size_limit, line_limit)
+    got = asyncio.run(read(split(stream, cuts), size_limit, line_limit, reader_limit))
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("stream", "content"),
+    [
+        (b".\r\n", b""),
+        (b"x\r\n.\r\n", b"x\r\n"),
+        (b"..hidden\r\n.\r\n", b".hidden\r\n"),
+        # Bare LF or CR around a dot never ends the data (SMTP smuggling).
+        (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n"),
+        (b"a\r.\rb\r\n.\r\n", b"a\r.\rb\r\n"),
+        (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n"),
+        (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n"),
+        (b"fin.\r\nsuite.\r\n.\r\n", b"fin.\r\nsuite.\r\n"),
+    ],
+)
+async def test_end_of_data_and_transparency(stream: bytes, content: bytes) -> None:
+    result, rest = await read([stream + b"NEXT"], None, 998, 1001)
+    assert result == DataResult(DataState.NOMINAL, content)
+    assert rest == b"NEXT"
+
+
+async def test_a_long_base64_body_is_read_in_few_pieces_and_whole() -> None:
+    body = b"".join(b"QUJD" * 19 + b"\r\n" for _ in range(20_000))  # 1.5 MB, no ".<CRLF>"
+    result, rest = await read(
+        [body[i : i + 65536] for i in range(0, len(body), 65536)] + [b".\r\n"],
+        None,
+        998,
+        256 * 1024,
+    )
+    assert result.content == body and rest == b""
+
+
+async def test_refusals_come_after_the_end_of_data() -> None:
+    too_long, rest = await read([b"x" * 5000 + b"\r\n.\r\nNEXT"], None, 998, 1001)
+    assert too_long.state is DataState.TOO_LONG and rest == b"NEXT"
+    too_much, rest = await read([b"y\r\n" * 1000 + b".\r\nNEXT"], 100, 998, 1001)
+    assert too_much.state is DataState.TOO_MUCH and rest == b"NEXT"
+
+
+async def test_a_client_gone_in_the_middle_raises() -> None:
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read([b"partial\r\n"], None, 998, 1001)
+
+
+def test_unstuff() -> None:
+    assert unstuff(b"..a\r\n..b\r\nc.\r\n") == b".a\r\n.b\r\nc.\r\n"
+
+
+# -- the fast path for MAIL FROM / RCPT TO addresses ------------------------------
+
+ADDRESS_ARGS = [
+    "<dr.martin@medical13.apicrypt.org>",
+    "<dr.martin@medical13.apicrypt.org> SIZE=3000 BODY=8BITMIME",
+    "  <a+b@x.fr>",
+    "<>",
+    "<@relay.fr:a@b.fr>",
+    '<"quoted local"@b.fr>',
+    "<a..b@x.fr>",
+    "<.a@x.fr>",
+    "<a@[127.0.0.1]>",
+    "<a@x.fr",
+    "a@x.fr",
+    "<a(comment)@x.fr>",
+    "<élodie@x.fr>",
+    "<a@x..fr>",
+    "<" + "l" * 80 + "@x.fr>",
+]
+
+
+def _smtp(local_part_limit: int) -> tuple[object, object]:
+    from aiosmtpd.smtp import SMTP
+
+    from apiguard.smtp.handler import GuardedSMTP
+
+    class Limited(GuardedSMTP):
+        pass
+
+    ours = Limited.__new__(Limited)
+    theirs = SMTP.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = local_part_limit  # type: ignore[attr-defined]
+    return ours, theirs
+
+
+@pytest.mark.parametrize("limit", [0, 64])
+@pytest.mark.parametrize("arg", ADDRESS_ARGS)
+def test_fast_address_path_agrees_with_aiosmtpd(arg: str, limit: int) -> None:
+    ours, theirs = _smtp(limit)
+    assert ours._getaddr(arg) == theirs._getaddr(arg)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab.+-_'=", min_size=1, max_size=8),
+    st.text(alphabet="ab.-", min_size=1, max_size=8),
+    st.sampled_from(["", " ", "  SIZE=1", " BODY=8BITMIME ", "x", ">"]),
+)
+def test_fast_address_path_agrees_where_it_applies(local: str, domain: str, rest: str) -> None:
+    """Whenever the fast path takes an argument, aiosmtpd's parser reads it the same."""
+    from apiguard.smtp.handler import _SIMPLE_PATH
+
+    arg = f"<{local}@{domain}>{rest}"
+    assume(_SIMPLE_PATH.match(arg) is not None)
+    ours, theirs = _smtp(64)
+    assert ours._getaddr(arg) == theirs._getaddr(arg)  # type: ignore[attr-defined]
