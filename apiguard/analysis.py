@@ -11,15 +11,8 @@ halves are merged into one decision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
-import multiprocessing
-import os
-import signal
-import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -31,6 +24,7 @@ from apiguard.policy.charter import Charter
 from apiguard.policy.rule import Rule, Scope
 from apiguard.policy.verdict import Decision
 from apiguard.volume import VOLUME_RULES
+from apiguard.worker import WorkerLost, WorkerProcess
 
 if TYPE_CHECKING:
     from apiguard.config import Settings
@@ -56,9 +50,10 @@ def state_half(charter: Charter) -> Charter:
     return charter.subset(needs_live_state)
 
 
-def analyse(
-    charter: Charter, raw: bytes, envelope: Envelope, now: float
-) -> tuple[str | None, Decision]:
+Analysis = tuple[str | None, Decision]  # (content fingerprint, decision)
+
+
+def analyse(charter: Charter, raw: bytes, envelope: Envelope, now: float) -> Analysis:
     """Parse, fingerprint and judge by the content rules (pure)."""
     import dataclasses
 
@@ -80,109 +75,79 @@ def merge(content: Decision, state: Decision) -> Decision:
 
 # -- worker processes ------------------------------------------------------------
 
-_worker_charter: Charter | None = None
 
-
-def _init_worker(settings_json: str) -> None:
-    """In each worker: ignore Ctrl-C (the SMTP process stops them) and build the
-    content half of the charter once."""
-    global _worker_charter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+def setup_worker(settings_json: str) -> Callable[[bytes, Envelope, float], Analysis]:
+    """In each worker (`apiguard.worker`): build the content half of the
+    charter once; the worker then applies `analyse` with it to each request."""
     from apiguard.app import build_charter
     from apiguard.config import Settings
 
-    settings = Settings.model_validate_json(settings_json)
-    _worker_charter = content_half(build_charter(settings))
-
-
-def _die_with_parent() -> None:
-    """A worker must not outlive a killed SMTP process (it would hold its pipes
-    and its memory): ask Linux to SIGKILL it when the parent dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before the request was made
-        os._exit(0)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _ready() -> bool:
-    return _worker_charter is not None
-
-
-def _analyse_in_worker(raw: bytes, envelope: Envelope, now: float) -> tuple[str | None, Decision]:
-    assert _worker_charter is not None, "worker not initialised"
-    return analyse(_worker_charter, raw, envelope, now)
+    charter = content_half(build_charter(Settings.model_validate_json(settings_json)))
+    return functools.partial(analyse, charter)
 
 
 class Analyser:
     """Runs `analyse` in worker processes (0: in the SMTP process, on a thread for
     big messages). Big messages have a worker of their own, so that a 10 MB
     attachment never queues the small letters behind it. A worker that dies is
-    replaced."""
+    replaced and the message analysed again."""
 
     def __init__(self, charter: Charter, settings: Settings, workers: int) -> None:
         self.content = content_half(charter)
         self.workers = workers
         self._settings_json = settings.model_dump_json()
-        # Pool name -> (pool, its size): "small" for most mail, "big" for the rest.
-        self._pools: dict[str, ProcessPoolExecutor] = {}
+        # Pool name -> its workers: "small" for most mail, "big" for the rest.
+        self._pools: dict[str, list[WorkerProcess]] = {}
         self._sizes = {"small": workers, "big": 1}
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for pool in self._pools.values() for w in pool if w.pid is not None]
 
     async def start(self) -> None:
         """Start the workers and wait until each has built its charter, so that
         the first message does not pay for it (nor does a misconfiguration wait)."""
         if self.workers <= 0:
             return
-        loop = asyncio.get_running_loop()
-        for name, size in self._sizes.items():
-            self._pools[name] = self._new_pool(size)
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(self._pools[name], _ready)
-                for name, size in self._sizes.items()
-                for _ in range(size)
-            )
-        )
+        self._pools = {
+            name: [self._new_worker() for _ in range(size)] for name, size in self._sizes.items()
+        }
+        try:
+            await asyncio.gather(*(w.start() for pool in self._pools.values() for w in pool))
+        except BaseException:
+            await self.stop()
+            raise
 
-    def _new_pool(self, size: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=size,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self._settings_json,),
-        )
+    def _new_worker(self) -> WorkerProcess:
+        return WorkerProcess("apiguard.analysis:setup_worker", self._settings_json)
 
-    async def analyse(
-        self, raw: bytes, envelope: Envelope, now: float
-    ) -> tuple[str | None, Decision]:
+    async def analyse(self, raw: bytes, envelope: Envelope, now: float) -> Analysis:
         big = len(raw) > OFF_LOOP_SIZE
         if not self._pools:
             if big:
                 return await asyncio.to_thread(analyse, self.content, raw, envelope, now)
             return analyse(self.content, raw, envelope, now)
-        name = "big" if big else "small"
-        loop = asyncio.get_running_loop()
+        pool = self._pools["big" if big else "small"]
         for attempt in range(2):
-            pool = self._pools[name]
+            worker = min(pool, key=lambda w: w.load)
             try:
-                return await loop.run_in_executor(pool, _analyse_in_worker, raw, envelope, now)
-            except BrokenProcessPool:
+                result: Analysis = await worker.call(raw, envelope, now)
+                return result
+            except WorkerLost:
                 if attempt:
                     raise
-                log.error("analysis.worker_lost", pool=name)
-                if pool is self._pools.get(name):
-                    self._pools[name] = self._new_pool(self._sizes[name])
-                    with contextlib.suppress(Exception):
-                        pool.shutdown(wait=False, cancel_futures=True)
+                log.error("analysis.worker_lost", pool="big" if big else "small")
+                await self._replace(pool, worker)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _replace(self, pool: list[WorkerProcess], worker: WorkerProcess) -> None:
+        if worker not in pool:
+            return  # another session replaced it already
+        fresh = self._new_worker()
+        pool[pool.index(worker)] = fresh
+        await worker.stop(timeout=1.0)
+        await fresh.start()
 
     async def stop(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.gather(*(w.stop() for pool in pools for w in pool))

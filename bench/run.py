@@ -129,7 +129,9 @@ def thread_ticks(root: int) -> dict[tuple[int, int], tuple[str, int]]:
     return ticks
 
 
-def print_thread_split(before: dict[tuple[int, int], tuple[str, int]], root: int, messages: int) -> None:
+def print_thread_split(
+    before: dict[tuple[int, int], tuple[str, int]], root: int, messages: int
+) -> None:
     after = thread_ticks(root)
     rows = []
     for key, (label, value) in after.items():

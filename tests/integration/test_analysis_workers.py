@@ -73,7 +73,7 @@ async def test_a_lost_worker_is_replaced(sink: Sink, storage: Path) -> None:
     settings = proxy_settings(storage, sink.port, processing={"workers": 1})
     async with running_proxy(settings) as app:
         await send(app.port, SENDER, [COLLEAGUE], letter(1))
-        workers = {p for p in children_of(os.getpid()) if "spawn_main" in _cmdline(p)}
+        workers = {p for p in children_of(os.getpid()) if "apiguard.worker" in _cmdline(p)}
         assert workers
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
@@ -97,7 +97,7 @@ async def test_workers_die_with_a_killed_smtp_process(tmp_path: Path) -> None:
     with config.open("a") as handle:
         handle.write("[processing]\nworkers = 2\n")
     async with apiguard_process(config, port) as process:
-        workers = {p for p in children_of(process.pid) if "spawn_main" in _cmdline(p)}
+        workers = {p for p in children_of(process.pid) if "apiguard.worker" in _cmdline(p)}
         assert len(workers) == 3  # two for letters, one for big messages
         process.send_signal(signal.SIGKILL)
         await process.wait()

@@ -1,0 +1,221 @@
+"""Analysis worker processes, reached through their standard input and output.
+
+`concurrent.futures.ProcessPoolExecutor` moves each task through a queue, a
+feeder thread, a management thread and a wake-up pipe: at hundreds of letters
+a second that bookkeeping cost more than a third of the analysis itself. Here
+the SMTP process writes length-prefixed requests straight into the worker's
+stdin pipe and reads the answers from its stdout pipe, both watched by the
+event loop; nothing else runs.
+
+A frame is a 12-byte header, `!IQ` (payload length, request number), then the
+pickled payload. The worker answers in the order it was asked. The first frame
+a worker receives is its configuration; it answers it once its charter is
+built. A worker exits when its stdin closes, and Linux kills it if the SMTP
+process dies first (`PR_SET_PDEATHSIG`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import itertools
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct("!IQ")
+_PR_SET_PDEATHSIG = 1
+# Where `apiguard` is importable from, for the child's `-m`.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class WorkerLost(Exception):
+    """The worker process ended with requests in flight."""
+
+
+class WorkerError(Exception):
+    """The worker's function raised; the message carries only its type name."""
+
+
+# -- the child side --------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed SMTP process (it would hold its pipes
+    and its memory): ask Linux to SIGKILL it when the parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the request was made
+        os._exit(0)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve(
+    setup: Callable[[Any], Callable[..., Any]], requests: BinaryIO, answers: BinaryIO
+) -> None:
+    """The worker loop: the first frame is `setup`'s argument, it returns the
+    function each later frame's arguments are applied to."""
+    handle: Callable[..., Any] | None = None
+    while True:
+        header = _read_exactly(requests, _HEADER.size)
+        if header is None:
+            return  # the SMTP process closed the pipe: stop
+        size, number = _HEADER.unpack(header)
+        payload = _read_exactly(requests, size)
+        if payload is None:
+            return
+        try:
+            if handle is None:
+                handle = setup(pickle.loads(payload))  # noqa: S301 - our own parent, private pipe
+                result: tuple[bool, Any] = (True, None)
+            else:
+                result = (True, handle(*pickle.loads(payload)))  # noqa: S301
+        except Exception as error:  # the parent decides; the worker lives on
+            result = (False, type(error).__name__)
+        answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.write(_HEADER.pack(len(answer), number) + answer)
+        answers.flush()
+
+
+def main() -> None:
+    """`python -m apiguard.worker MODULE:SETUP`: serve on stdin/stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the SMTP process stops us
+    _die_with_parent()
+    module_name, _, setup_name = sys.argv[1].partition(":")
+    module = __import__(module_name, fromlist=[setup_name])
+    setup = getattr(module, setup_name)
+    # The protocol owns the real stdout; anything printed goes to stderr.
+    answers = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    os.dup2(2, 1)
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        serve(setup, sys.stdin.buffer, answers)
+
+
+# -- the parent side -------------------------------------------------------------
+
+
+class WorkerProcess:
+    """One worker process and the requests in flight to it."""
+
+    def __init__(self, setup: str, config: Any) -> None:
+        self.setup = setup  # "module:function" run in the child with `config`
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._numbers = itertools.count()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def load(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.process is not None
+            and self.process.returncode is None
+            and (self._reader is not None and not self._reader.done())
+        )
+
+    async def start(self) -> None:
+        """Start the process and wait until its setup is done."""
+        paths = [_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "apiguard.worker",
+            self.setup,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            limit=1 << 20,
+        )
+        self._reader = asyncio.create_task(self._read_answers(), name="apiguard-worker-reader")
+        await self._request(self.config)
+
+    async def call(self, *args: Any) -> Any:
+        """The worker's function applied to `args`."""
+        return await self._request(args)
+
+    async def _request(self, payload: Any) -> Any:
+        if not self.alive:
+            raise WorkerLost("worker not running")
+        assert self.process is not None and self.process.stdin is not None
+        number = next(self._numbers)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[number] = future
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.process.stdin.write(_HEADER.pack(len(data), number) + data)
+            if len(data) > 1 << 16:
+                await self.process.stdin.drain()
+        except (ConnectionError, RuntimeError) as error:
+            self._pending.pop(number, None)
+            raise WorkerLost(type(error).__name__) from None
+        ok, value = await future
+        if not ok:
+            raise WorkerError(value)
+        return value
+
+    async def _read_answers(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        try:
+            while True:
+                size, number = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
+                answer = pickle.loads(await stdout.readexactly(size))  # noqa: S301 - our own child
+                future = self._pending.pop(number, None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError):
+            pass
+        finally:
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(WorkerLost("worker process ended"))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+if __name__ == "__main__":
+    main()
