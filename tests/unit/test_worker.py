@@ -1,0 +1,78 @@
+"""The worker-process link: real child processes on pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from apiguard.worker import WorkerError, WorkerLost, WorkerProcess
+
+
+def setup_scale(factor: int) -> Callable[[int], int]:
+    """Run in the child: a function that scales, fails on negatives, sleeps on 0."""
+
+    def scale(value: int) -> int:
+        if value < 0:
+            raise ValueError(f"negative value {value}")  # the text must not travel
+        if value == 0:
+            import time
+
+            time.sleep(30)
+        print("stray output goes to stderr, not into the protocol")
+        return value * factor
+
+    return scale
+
+
+SETUP = "tests.unit.test_worker:setup_scale"
+
+
+async def test_answers_match_requests_under_concurrency() -> None:
+    worker = WorkerProcess(SETUP, 3)
+    await worker.start()
+    try:
+        results = await asyncio.gather(*(worker.call(n) for n in range(1, 200)))
+        assert results == [3 * n for n in range(1, 200)]
+        big = await worker.call(10**400)  # a frame larger than a pipe buffer
+        assert big == 3 * 10**400
+    finally:
+        await worker.stop()
+    assert not worker.alive
+
+
+async def test_an_error_names_its_type_only_and_the_worker_lives_on() -> None:
+    worker = WorkerProcess(SETUP, 2)
+    await worker.start()
+    try:
+        with pytest.raises(WorkerError) as error:
+            await worker.call(-7)
+        assert str(error.value) == "ValueError"
+        assert await worker.call(5) == 10
+    finally:
+        await worker.stop()
+
+
+async def test_a_killed_worker_fails_what_was_in_flight() -> None:
+    worker = WorkerProcess(SETUP, 2)
+    await worker.start()
+    busy = asyncio.create_task(worker.call(0))  # sleeps in the child
+    await asyncio.sleep(0.2)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerLost):
+        await asyncio.wait_for(busy, 10)
+    assert not worker.alive
+    with pytest.raises(WorkerLost):
+        await worker.call(1)
+    await worker.stop()
+
+
+async def test_a_setup_that_fails_is_reported() -> None:
+    worker = WorkerProcess("tests.unit.test_worker:no_such_setup", None)
+    with pytest.raises(WorkerLost):
+        await asyncio.wait_for(worker.start(), 20)
+    await worker.stop()
