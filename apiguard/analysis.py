@@ -34,6 +34,17 @@ log = structlog.get_logger("apiguard.analysis")
 # Messages larger than this are analysed on a thread when no worker process is
 # configured, so that a big attachment never stalls the other SMTP sessions.
 OFF_LOOP_SIZE = 256 * 1024
+# With worker processes, three classes of size each have their own workers, so
+# that a message never waits behind a much bigger one: letters, letters with
+# attachments, and big messages (up to the SMTP size limit).
+SIZE_CLASSES = (("letters", 64 * 1024), ("attachments", 2 * 1024 * 1024), ("big", None))
+
+
+def size_class(size: int) -> str:
+    for name, limit in SIZE_CLASSES:
+        if limit is None or size <= limit:
+            return name
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def needs_live_state(rule: Rule) -> bool:
@@ -88,17 +99,18 @@ def setup_worker(settings_json: str) -> Callable[[bytes, Envelope, float], Analy
 
 class Analyser:
     """Runs `analyse` in worker processes (0: in the SMTP process, on a thread for
-    big messages). Big messages have a worker of their own, so that a 10 MB
-    attachment never queues the small letters behind it. A worker that dies is
-    replaced and the message analysed again."""
+    big messages). `workers` analyse letters; messages with attachments and big
+    messages have one worker each, so that a 10 MB attachment never queues the
+    letters behind it. A worker that dies is replaced and the message analysed
+    again."""
 
     def __init__(self, charter: Charter, settings: Settings, workers: int) -> None:
         self.content = content_half(charter)
         self.workers = workers
         self._settings_json = settings.model_dump_json()
-        # Pool name -> its workers: "small" for most mail, "big" for the rest.
+        # Size class -> its workers.
         self._pools: dict[str, list[WorkerProcess]] = {}
-        self._sizes = {"small": workers, "big": 1}
+        self._sizes = {name: workers if name == "letters" else 1 for name, _ in SIZE_CLASSES}
 
     @property
     def pids(self) -> list[int]:
@@ -122,12 +134,12 @@ class Analyser:
         return WorkerProcess("apiguard.analysis:setup_worker", self._settings_json)
 
     async def analyse(self, raw: bytes, envelope: Envelope, now: float) -> Analysis:
-        big = len(raw) > OFF_LOOP_SIZE
         if not self._pools:
-            if big:
+            if len(raw) > OFF_LOOP_SIZE:
                 return await asyncio.to_thread(analyse, self.content, raw, envelope, now)
             return analyse(self.content, raw, envelope, now)
-        pool = self._pools["big" if big else "small"]
+        name = size_class(len(raw))
+        pool = self._pools[name]
         for attempt in range(2):
             worker = min(pool, key=lambda w: w.load)
             try:
@@ -136,7 +148,7 @@ class Analyser:
             except WorkerLost:
                 if attempt:
                     raise
-                log.error("analysis.worker_lost", pool="big" if big else "small")
+                log.error("analysis.worker_lost", pool=name)
                 await self._replace(pool, worker)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -155,7 +155,8 @@ class RelaySettings(Section):
 class ProcessingSettings(Section):
     """Where messages are parsed and judged by the content rules."""
 
-    # Worker processes for letters (plus one for big messages); 0: in the SMTP process.
+    # Worker processes for letters (plus one for attachments and one for big
+    # messages: `apiguard.analysis.SIZE_CLASSES`); 0: in the SMTP process.
     workers: int = Field(default=1, ge=0, le=32)
 
 

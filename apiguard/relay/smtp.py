@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 
 import aiosmtplib
@@ -19,6 +20,28 @@ def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+SMTPUTF8_UNSUPPORTED = RelayReply(
+    553, "5.6.7 adresse internationale refusee par le relais / relay lacks SMTPUTF8"
+)
+
+
+def wire_form(data: bytes) -> bytes:
+    """`data` as DATA sends it: CRLF line ends only (a bare CR or LF would let
+    the relay see a different end of data: SMTP smuggling), the transparent dot
+    added to each line that starts with one, a final CRLF and the lone dot."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDS.sub(b"\r\n", data)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
 class SmtpRelay:
@@ -86,25 +109,54 @@ class SmtpRelay:
     async def _transaction(
         self, client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], data: bytes
     ) -> SendResult:
+        """MAIL, RCPT for each recipient, DATA. Not aiosmtplib's `sendmail`: it
+        normalises the line ends of the whole message twice and scans it for
+        dots once more; `wire_form` does it with a few `bytes` passes."""
+        if client.is_ehlo_or_helo_needed:
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
+        utf8 = not all(a.isascii() for a in (mail_from, *recipients))
+        if utf8 and not client.supports_extension("smtputf8"):
+            return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+        wire = wire_form(data)
+        options = []
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(wire) - 3}")
+        if not data.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if utf8:
+            options.append("SMTPUTF8")
+        encoding = "utf-8" if utf8 else "ascii"
         try:
-            refused, _ = await client.sendmail(mail_from, recipients, data)
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            await self._reset(client)
-            return SendResult(
-                {r.recipient: RelayReply(r.code, r.message) for r in error.recipients}
-            )
-        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as error:
-            await self._reset(client)
-            return self._all(recipients, RelayReply(error.code, error.message))
+            await client.mail(mail_from, options=options, encoding=encoding)
+            replies: dict[str, RelayReply] = {}
+            for rcpt in recipients:
+                try:
+                    await client.rcpt(rcpt, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as refused:
+                    if refused.code == 421:
+                        raise
+                    replies[rcpt] = RelayReply(refused.code, refused.message)
+            if len(replies) == len(recipients):
+                await self._reset(client)
+                return SendResult(replies)
+            start = await client.execute_command(b"DATA")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            assert client.protocol is not None
+            client.protocol.write(wire)
+            done = await client.protocol.read_response(timeout=client.timeout)
+            if done.code != 250:
+                raise aiosmtplib.SMTPDataError(done.code, done.message)
         except aiosmtplib.SMTPResponseException as error:
-            if error.code in (421,):
+            if error.code == 421:
                 raise aiosmtplib.SMTPServerDisconnected(error.message) from error
             await self._reset(client)
             return self._all(recipients, RelayReply(error.code, error.message))
-        replies = {r: RelayReply(250, "2.0.0 accepted") for r in recipients}
-        for rcpt, response in refused.items():
-            replies[rcpt] = RelayReply(response.code, response.message)
-        return SendResult(replies)
+        accepted = RelayReply(250, "2.0.0 accepted")
+        return SendResult({r: replies.get(r, accepted) for r in recipients})
 
     @staticmethod
     async def _reset(client: aiosmtplib.SMTP) -> None:

@@ -98,7 +98,7 @@ async def test_workers_die_with_a_killed_smtp_process(tmp_path: Path) -> None:
         handle.write("[processing]\nworkers = 2\n")
     async with apiguard_process(config, port) as process:
         workers = {p for p in children_of(process.pid) if "apiguard.worker" in _cmdline(p)}
-        assert len(workers) == 3  # two for letters, one for big messages
+        assert len(workers) == 4  # two for letters, one for attachments, one for big messages
         process.send_signal(signal.SIGKILL)
         await process.wait()
     await eventually(lambda: not any(alive(p) for p in workers), timeout=10)

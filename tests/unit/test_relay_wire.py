@@ -1,0 +1,45 @@
+"""What the relay receives is what was accepted: the DATA wire form read back
+by an SMTP server gives the message with CRLF line ends, and no bare CR or LF
+can end the data early (SMTP smuggling)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apiguard.relay.smtp import wire_form
+from apiguard.smtp.data import DataState, read_data
+
+
+def crlf(data: bytes) -> bytes:
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    return data if not data or data.endswith(b"\r\n") else data + b"\r\n"
+
+
+async def read_back(wire: bytes) -> tuple[bytes, bytes]:
+    reader = asyncio.StreamReader(limit=1001)
+    reader.feed_data(wire + b"QUIT\r\n")
+    reader.feed_eof()
+    result = await read_data(reader, size_limit=None, line_limit=1 << 20)
+    assert result.state is DataState.NOMINAL
+    return result.content, await reader.read()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"\xe9"]), max_size=30))
+def test_the_relay_reads_back_the_message(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    content, rest = asyncio.run(read_back(wire_form(data)))
+    assert content == crlf(data)
+    assert rest == b"QUIT\r\n"
+
+
+def test_examples() -> None:
+    assert wire_form(b"") == b".\r\n"
+    assert wire_form(b".a\r\nb") == b"..a\r\nb\r\n.\r\n"
+    assert wire_form(b"a\n.\nb\r\n") == b"a\r\n..\r\nb\r\n.\r\n"
+    letter = b"Subject: x\r\n\r\nligne\r\n.point\r\n"
+    assert wire_form(letter) == b"Subject: x\r\n\r\nligne\r\n..point\r\n.\r\n"
