@@ -117,7 +117,23 @@ class SqliteStore:
     # -- transactions -----------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Not `durable` ones skip the fsync (WAL,
+        synchronous=NORMAL): they stay atomic, and the next durable commit
+        carries them to disk with it (the WAL is written in order); for state a
+        crash may lose, such as a claim that recovery undoes anyway."""
+        with self._lock:
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self._commit() as db:
+                    yield db
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
+
+    @contextmanager
+    def _commit(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -206,8 +222,9 @@ class SqliteStore:
 
     def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
         """Mark due recipients as sending and return them grouped by message,
-        oldest accepted first."""
-        with self._transaction() as db:
+        oldest accepted first. Not durable: after a crash, recovery makes the
+        recipients due again whether or not the claim reached the disk."""
+        with self._transaction(durable=False) as db:
             rows = db.execute(
                 "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
                 " m.created_at, m.kind, m.mail_from, d.raw, m.seq"

@@ -13,8 +13,8 @@ older than the longest window are pruned a batch at a time.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from apiguard.store.base import (
     MessageKind,
@@ -113,19 +113,9 @@ class VolumeStore:
 
     # -- transactions -----------------------------------------------------
 
-    @contextmanager
-    def _transaction(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
-        """A transaction; not `durable` ones skip the fsync (WAL, synchronous=NORMAL):
-        they stay atomic, and the next durable commit (the message's own) carries them."""
-        with self.store._lock:
-            if not durable:
-                self.store._db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                with self.store._transaction() as db:
-                    yield db
-            finally:
-                if not durable:
-                    self.store._db.execute("PRAGMA synchronous = FULL")
+    def _transaction(self, *, durable: bool) -> AbstractContextManager[sqlite3.Connection]:
+        """The store's transaction (not `durable` ones skip the fsync)."""
+        return self.store._transaction(durable=durable)
 
     # -- one message ------------------------------------------------------
 
