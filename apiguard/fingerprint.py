@@ -27,6 +27,8 @@ _GREETING_WORDS = (
 )
 _GREETING_START = re.compile(rf"^(?:{_GREETING_WORDS})\b")
 _GREETING_PREFIX = re.compile(r"^(?:bonjour|bonsoir|salut|hello|hi)\b[\s,!.:;-]*")
+# What a line must start with for `_GREETING_PREFIX` to match (a cheap test first).
+_GREETING_PREFIX_WORDS = ("bonjour", "bonsoir", "salut", "hello", "hi")
 # A closing formula; what follows it (name, title, telephone) is the signature.
 _CLOSING = re.compile(
     r"^(?:(?:bien|très|tres|trés)\s+)?(?:cordialement|confraternellement|amicalement"
@@ -40,6 +42,10 @@ _CLOSING = re.compile(
 _TRAILING_CLOSING = re.compile(
     r"[\s,.;]*(?:(?:bien|très|tres)\s+)?(?:cordialement|confraternellement|amicalement)[\s.!]*$"
 )
+# A line `_TRAILING_CLOSING` can match ends with one of these words once the
+# tail is stripped (lines are space-normalised): a cheap test before the regex.
+_TRAILING_CLOSING_WORDS = ("cordialement", "confraternellement", "amicalement")
+_TRAILING_CLOSING_TAIL = " .!"
 _WORD = re.compile(r"\w+")
 _SIGNATURE_MAX_LINES = 8
 _SIGNATURE_MAX_WIDTH = 80
@@ -70,23 +76,28 @@ def _strip_signature(lines: list[str], closings: list[int]) -> list[str]:
     return lines
 
 
+def _without_tokens(line: str, tokens: set[str]) -> str:
+    return " ".join(word for word in line.split() if word.strip(_EDGE_PUNCTUATION) not in tokens)
+
+
 def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
     """The body's words as the fingerprint sees them: case, spacing, punctuation,
     greetings, closing formulas, signature and the given tokens (recipient
     addresses) folded away."""
     text = unicodedata.normalize("NFKC", text).casefold()
-    text = _SIGNATURE_SEPARATOR.split(text, maxsplit=1)[0]
-    lines = [" ".join(line.split()) for line in text.split("\n")]
-    lines = [line for line in lines if line]
+    if "--" in text:  # a signature separator needs one (cheap test before the regex)
+        text = _SIGNATURE_SEPARATOR.split(text, maxsplit=1)[0]
     kept: list[str] = []
     closings: list[int] = []
-    for line in lines:
-        if _is_greeting(line):
+    for raw_line in text.split("\n"):
+        line = " ".join(raw_line.split())
+        if not line or _is_greeting(line):
             continue
-        line = _GREETING_PREFIX.sub("", line)
+        if line.startswith(_GREETING_PREFIX_WORDS):
+            line = _GREETING_PREFIX.sub("", line)
         if _CLOSING.match(line):
             closings.append(len(kept))
-        else:
+        elif line.rstrip(_TRAILING_CLOSING_TAIL).endswith(_TRAILING_CLOSING_WORDS):
             without = _TRAILING_CLOSING.sub("", line)
             if without != line:
                 closings.append(len(kept) + (1 if without else 0))
@@ -94,12 +105,16 @@ def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
         if line:
             kept.append(line)
     kept = _strip_signature(kept, closings)
+    body = " ".join(kept)
     folded = {token.casefold() for token in fold_tokens if len(token) >= 3}
-    words = " ".join(kept).split()
-    if folded:
-        words = [w for w in words if w.strip(_EDGE_PUNCTUATION) not in folded]
+    if any(token in body for token in folded):
+        # Only a word containing a token can strip to it, and words never span lines.
+        body = " ".join(
+            _without_tokens(line, folded) if any(token in line for token in folded) else line
+            for line in kept
+        )
     # Words only: punctuation and spacing do not make another content.
-    return " ".join(_WORD.findall(" ".join(words)))
+    return " ".join(_WORD.findall(body))
 
 
 def _recipient_tokens(recipients: Iterable[str]) -> set[str]:

@@ -363,6 +363,8 @@ def split_lines(text: str) -> list[str]:
 
 
 def _marker(line: str) -> str | None:
+    if "****" not in line:  # every marker has it: most lines stop here
+        return None
     stripped = line.strip().upper()
     if stripped in (MARKER_FIN, MARKER_FINFICHIER, MARKER_LAB):
         return stripped

@@ -19,13 +19,23 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from itertools import compress
 
 PHRASES_RESOURCE = "phrases.toml"
 
-_LIGATURES = str.maketrans(
-    {"œ": "oe", "æ": "ae", "’": "'", "‘": "'", "ʼ": "'", "`": "'", "´": "'", "\u00a0": " "}
+# Replaced one after the other: no replacement contains a replaced character,
+# so the order does not matter (and `str.replace` is much faster than a
+# `str.translate` table on long text).
+_LIGATURES = (
+    ("œ", "oe"),
+    ("æ", "ae"),
+    ("’", "'"),
+    ("‘", "'"),
+    ("ʼ", "'"),
+    ("`", "'"),
+    ("´", "'"),
+    ("\u00a0", " "),
 )
-_SPACES = re.compile(r"\s+")
 
 
 _COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
@@ -33,10 +43,14 @@ _COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\
 
 def fold(text: str) -> str:
     """Lower case, strip accents, unify apostrophes, collapse white space."""
-    lowered = text.lower().translate(_LIGATURES)
+    lowered = text.lower()
+    for char, replacement in _LIGATURES:
+        if char in lowered:
+            lowered = lowered.replace(char, replacement)
     if not lowered.isascii():
         lowered = _COMBINING.sub("", unicodedata.normalize("NFKD", lowered))
-    return _SPACES.sub(" ", lowered).strip()
+    # `str.split()` splits on exactly what `\s` matches.
+    return " ".join(lowered.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,8 @@ class PhraseScore:
 
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+# One indexed phrase: its tokens, its signal, its weight.
+_Entry = tuple[tuple[str, ...], str, float]
 
 
 @functools.lru_cache(maxsize=16)
@@ -75,12 +91,23 @@ class PhraseBook:
             if weighted:
                 self.signals[signal] = weighted
         # First token -> (phrase tokens, signal, weight), longest phrases first.
-        self._index: dict[str, list[tuple[tuple[str, ...], str, float]]] = {}
+        by_first: dict[str, list[_Entry]] = {}
         for signal, weighted in self.signals.items():
             for phrase, weight in weighted.items():
-                self._index.setdefault(phrase[0], []).append((phrase, signal, weight))
-        for entries in self._index.values():
+                by_first.setdefault(phrase[0], []).append((phrase, signal, weight))
+        for entries in by_first.values():
             entries.sort(key=lambda entry: -len(entry[0]))
+        # First token -> (second token -> the entries that can match when the
+        # text goes on with it, the one-token entries), both in the order above:
+        # scoring then tries only the phrases the next token allows.
+        self._index: dict[str, tuple[dict[str, list[_Entry]], list[_Entry]]] = {}
+        for first, entries in by_first.items():
+            alone = [entry for entry in entries if len(entry[0]) == 1]
+            by_next = {
+                second: [e for e in entries if len(e[0]) == 1 or e[0][1] == second]
+                for second in {entry[0][1] for entry in entries if len(entry[0]) > 1}
+            }
+            self._index[first] = (by_next, alone)
 
     def merged(self, extra: Mapping[str, Mapping[str, float]], *, replace: bool) -> PhraseBook:
         """This book with `extra` phrases added (a weight of 0 removes one), or
@@ -101,12 +128,15 @@ class PhraseBook:
         """Sum, per signal, the weights of the distinct phrases found in `text`."""
         words = tokens(text)
         index = self._index
+        end = len(words)
         found: dict[tuple[tuple[str, ...], str], float] = {}
         free_from = 0  # matches do not overlap
-        for position in [i for i, word in enumerate(words) if word in index]:
+        for position in compress(range(end), map(index.__contains__, words)):
             if position < free_from:
                 continue
-            for phrase, signal, weight in index[words[position]]:
+            by_next, alone = index[words[position]]
+            entries = by_next.get(words[position + 1], alone) if position + 1 < end else alone
+            for phrase, signal, weight in entries:
                 if words[position : position + len(phrase)] == phrase:
                     # The longest phrase starting here.
                     found[(phrase, signal)] = weight

@@ -183,7 +183,8 @@ class WorkerProcess:
         self._pending[number] = future
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.process.stdin.write(_HEADER.pack(len(data), number) + data)
+            self.process.stdin.write(_HEADER.pack(len(data), number))
+            self.process.stdin.write(data)
             if len(data) > 1 << 16:
                 await self.process.stdin.drain()
         except (ConnectionError, RuntimeError) as error:

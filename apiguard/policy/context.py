@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from apiguard.mail import Envelope, ParsedMessage
+from apiguard.volume import NO_STORE, VOLUME_RULES
 
 if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
     from apiguard.attachments import AttachmentAnalysis
@@ -100,12 +101,11 @@ class MessageContext:
 
         Content rules cannot read a body that is already APICRYPT-encrypted.
         """
-        from apiguard.policy.rules.encrypted import reads_content
+        if self.apicrypt_encrypted:
+            from apiguard.policy.rules.encrypted import reads_content
 
-        if self.apicrypt_encrypted and reads_content(rule_id):
-            return "content.encrypted"
-        from apiguard.volume import NO_STORE, VOLUME_RULES
-
+            if reads_content(rule_id):
+                return "content.encrypted"
         if rule_id in VOLUME_RULES and self.charter.volume is None:
             return NO_STORE
         return None

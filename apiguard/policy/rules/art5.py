@@ -41,6 +41,12 @@ def meaningful_text(text: str) -> str:
     return "\n".join(line.strip() for line in body.splitlines() if any(c.isalnum() for c in line))
 
 
+def has_meaningful_text(text: str) -> bool:
+    """Whether `meaningful_text(text)` is not empty (without building it)."""
+    body = _SIGNATURE.split(text, maxsplit=1)[0] if "--" in text else text
+    return any(c.isalnum() for c in body)
+
+
 class Empty(Rule):
     """`art5.empty`: no body text and no attachment."""
 
@@ -49,7 +55,7 @@ class Empty(Rule):
     default_action = Action.REJECT
 
     def check(self, ctx: MessageContext) -> Finding | None:
-        if ctx.message.attachments or meaningful_text(ctx.message.text):
+        if ctx.message.attachments or has_meaningful_text(ctx.message.text):
             return None
         return self.finding(
             "message vide : ni texte ni pièce jointe",
