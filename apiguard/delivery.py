@@ -132,9 +132,7 @@ class DeliveryWorker:
                 room = self.settings.batch_size - len(self._queue) - len(self._tasks)
                 if room > 0:
                     try:
-                        claimed = await self.store.run(
-                            self.store.sync.claim_due, self.clock(), room
-                        )
+                        claimed = await self.store.claim(self.clock(), room)
                     except Exception as error:
                         log.error("delivery.claim_failed", error=type(error).__name__)
                     self._queue.extend(claimed)

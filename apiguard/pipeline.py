@@ -195,14 +195,14 @@ class Pipeline:
             return None
         if envelope.is_notification:
             return NO_HISTORY
-        return await self.store.run(
-            self.volume.observe,
-            message_id,
-            fingerprint,
-            envelope.mail_from,
-            envelope.rcpt_tos,
-            now,
-            self.windows,
+        # Not durable: a reservation lost in a crash belongs to a message that
+        # was not accepted either (the accept's own commit carries it to disk).
+        volume, windows = self.volume, self.windows
+        return await self.store.write(
+            lambda db: volume.observe_in(
+                db, message_id, fingerprint, envelope.mail_from, envelope.rcpt_tos, now, windows
+            ),
+            durable=False,
         )
 
     def _settlement(

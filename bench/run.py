@@ -376,6 +376,7 @@ class ApiguardTarget(Target):
                     "raw",
                     "--rate",
                     "200",
+                    "--subprocesses",
                     "--output",
                     str(self.profile),
                 ],

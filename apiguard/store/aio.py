@@ -8,13 +8,14 @@ nothing is acknowledged before the transaction that holds it has committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from apiguard.store.base import NewMessage, RecipientOutcome
-from apiguard.store.sqlite import SqliteStore
+from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome
+from apiguard.store.sqlite import SqliteStore, WriteOp
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,11 +67,15 @@ class AsyncStore:
     def __init__(self, store: SqliteStore) -> None:
         self.sync = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apiguard-store")
-        self._accepts: _Batcher[tuple[NewMessage, tuple[NewMessage, ...], FollowUp | None]]
-        self._accepts = _Batcher(self, store.accept_many)
-        self._completions: _Batcher[
-            tuple[str, list[RecipientOutcome], tuple[NewMessage, ...], float]
-        ] = _Batcher(self, store.complete_many)
+        # Every write goes through one queue: what arrives while a transaction
+        # runs shares the next one (and its one fsync), whatever its kind.
+        self._writes: _Batcher[WriteOp] = _Batcher(self, store.write_many)
+
+    async def write(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool) -> T:
+        """Run `operation` inside a shared write transaction; returns its result
+        once that transaction has committed (durably, when `durable`)."""
+        result: T = await self._writes.submit((operation, durable))
+        return result
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -84,7 +89,12 @@ class AsyncStore:
     ) -> Any:
         """Durably store one message (with its notices, and `then` run in the same
         transaction); returns `then`'s result once committed."""
-        return await self._accepts.submit((message, notices, then))
+        return await self.write(
+            functools.partial(
+                self.sync.accept_in, message=message, notices=notices, follow_up=then
+            ),
+            durable=True,
+        )
 
     async def complete(
         self,
@@ -93,8 +103,23 @@ class AsyncStore:
         notices: tuple[NewMessage, ...] = (),
         now: float = 0.0,
     ) -> None:
-        """Record one delivery attempt's outcomes (grouped with other attempts)."""
-        await self._completions.submit((message_id, outcomes, notices, now))
+        """Record one delivery attempt's outcomes (grouped with other writes)."""
+        await self.write(
+            functools.partial(
+                self.sync.complete_in,
+                message_id=message_id,
+                outcomes=outcomes,
+                notices=notices,
+                now=now,
+            ),
+            durable=True,
+        )
+
+    async def claim(self, now: float, limit: int) -> list[DeliveryJob]:
+        """Due recipients marked as sending (not durable: see `claim_due`)."""
+        return await self.write(
+            functools.partial(self.sync.claim_in, now=now, limit=limit), durable=False
+        )
 
     async def close(self) -> None:
         await self.run(self.sync.close)

@@ -72,6 +72,10 @@ CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
 
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
+# A write for `SqliteStore.write_many`: an operation run inside the shared
+# transaction, and whether it needs the transaction to be durable.
+WriteOp = tuple[Callable[[sqlite3.Connection], Any], bool]
+
 
 def secure_directory(path: Path) -> None:
     """Create `path` (and parents) and make it 0700."""
@@ -209,44 +213,64 @@ class SqliteStore:
         """Group commit: several accepted messages in one durable transaction. An
         item's optional follow-up runs right after its insert, in the same
         transaction; its result is returned in order."""
-        results: list[Any] = []
         with self._transaction() as db:
-            for item in batch:
-                message, notices = item[0], item[1]
-                follow_up = item[2] if len(item) > 2 else None
-                self._insert(db, message)
-                for notice in notices:
-                    self._insert(db, notice)
-                results.append(follow_up(db) if follow_up is not None else None)
-        return results
+            return [
+                self.accept_in(db, item[0], item[1], item[2] if len(item) > 2 else None)
+                for item in batch
+            ]
+
+    def accept_in(
+        self,
+        db: sqlite3.Connection,
+        message: NewMessage,
+        notices: tuple[NewMessage, ...] = (),
+        follow_up: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> Any:
+        """Insert one accepted message and its notices inside the caller's
+        transaction, then run `follow_up` there; returns its result."""
+        self._insert(db, message)
+        for notice in notices:
+            self._insert(db, notice)
+        return follow_up(db) if follow_up is not None else None
+
+    def write_many(self, batch: Sequence[WriteOp]) -> list[Any]:
+        """Group commit of unrelated writes (accepts, completions, volume
+        reservations, claims): one transaction for all, in order, durable (one
+        fsync) when any of them must be; each operation's result in order."""
+        with self._transaction(durable=any(durable for _, durable in batch)) as db:
+            return [operation(db) for operation, _ in batch]
 
     def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
         """Mark due recipients as sending and return them grouped by message,
         oldest accepted first. Not durable: after a crash, recovery makes the
         recipients due again whether or not the claim reached the disk."""
         with self._transaction(durable=False) as db:
-            rows = db.execute(
-                "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
-                " m.created_at, m.kind, m.mail_from, d.raw, m.seq"
-                " FROM recipients r JOIN messages m ON m.id = r.message_id"
-                " JOIN message_data d ON d.id = r.message_id"
-                " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
-                # Order of acceptance per sender and recipient: a message waits
-                # while an earlier one from the same sender to the same
-                # recipient is still pending (a lab's successive results).
-                " AND NOT EXISTS (SELECT 1 FROM recipients p"
-                " JOIN messages e ON e.id = p.message_id"
-                " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
-                " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
-                " ORDER BY m.seq LIMIT ?",
-                (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
-            ).fetchall()
-            if not rows:
-                return []
-            db.executemany(
-                "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
-                [(RecipientState.SENDING.value, now, row[0], row[1]) for row in rows],
-            )
+            return self.claim_in(db, now, limit)
+
+    def claim_in(self, db: sqlite3.Connection, now: float, limit: int) -> list[DeliveryJob]:
+        """`claim_due` inside the caller's transaction."""
+        rows = db.execute(
+            "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
+            " m.created_at, m.kind, m.mail_from, d.raw, m.seq"
+            " FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " JOIN message_data d ON d.id = r.message_id"
+            " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
+            # Order of acceptance per sender and recipient: a message waits
+            # while an earlier one from the same sender to the same
+            # recipient is still pending (a lab's successive results).
+            " AND NOT EXISTS (SELECT 1 FROM recipients p"
+            " JOIN messages e ON e.id = p.message_id"
+            " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
+            " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
+            " ORDER BY m.seq LIMIT ?",
+            (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        db.executemany(
+            "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
+            [(RecipientState.SENDING.value, now, row[0], row[1]) for row in rows],
+        )
         jobs: dict[str, DeliveryJob] = {}
         grouped: dict[str, list[RecipientRow]] = {}
         for row in rows:
@@ -291,10 +315,10 @@ class SqliteStore:
         """Group commit of several delivery attempts' outcomes."""
         with self._transaction() as db:
             for message_id, outcomes, notices, now in batch:
-                self._complete(db, message_id, outcomes, notices, now)
+                self.complete_in(db, message_id, outcomes, notices, now)
         return [None] * len(batch)
 
-    def _complete(
+    def complete_in(
         self,
         db: sqlite3.Connection,
         message_id: str,

@@ -82,6 +82,11 @@ PRUNE_BATCH = 1000
 PRUNE_INTERVAL = 60.0
 
 
+# One `observe` call's arguments: message id, fingerprint, sender, recipients,
+# time and windows.
+Observation = tuple[str, str | None, str, Sequence[str], float, VolumeWindows]
+
+
 class VolumeStore:
     """Fan-out, duplicate, rate and known-correspondent state, sharing the
     `SqliteStore`'s connection and lock (so the same single store thread)."""
@@ -130,22 +135,47 @@ class VolumeStore:
     ) -> VolumeSnapshot:
         """Reserve this message's rows and return the counts including it and
         every earlier message not refused (pending ones too)."""
+        snapshot: VolumeSnapshot = self.observe_many(
+            [(message_id, fingerprint, sender, recipients, now, windows)]
+        )[0]
+        return snapshot
+
+    def observe_many(self, batch: Sequence[Observation]) -> list[VolumeSnapshot]:
+        """`observe` for several messages in one transaction, in order: each
+        one counts the ones before it, as if observed one by one."""
+        snapshots = []
+        with self._transaction(durable=False) as db:
+            for message_id, fingerprint, sender, recipients, now, windows in batch:
+                snapshots.append(
+                    self.observe_in(db, message_id, fingerprint, sender, recipients, now, windows)
+                )
+        return snapshots
+
+    def observe_in(
+        self,
+        db: sqlite3.Connection,
+        message_id: str,
+        fingerprint: str | None,
+        sender: str,
+        recipients: Sequence[str],
+        now: float,
+        windows: VolumeWindows,
+    ) -> VolumeSnapshot:
         sender = normalise_address(sender)
         rcpts = sorted({normalise_address(r) for r in recipients if r.strip()})
-        with self._transaction(durable=False) as db:
-            snapshot = self._snapshot(db, fingerprint, sender, rcpts, now, windows, counted=1)
-            db.execute(
-                "INSERT INTO volume_messages (message_id, sender, fingerprint, at, settled)"
-                " VALUES (?, ?, ?, ?, 0)",
-                (message_id, sender, fingerprint, now),
+        snapshot = self._snapshot(db, fingerprint, sender, rcpts, now, windows, counted=1)
+        db.execute(
+            "INSERT INTO volume_messages (message_id, sender, fingerprint, at, settled)"
+            " VALUES (?, ?, ?, ?, 0)",
+            (message_id, sender, fingerprint, now),
+        )
+        if fingerprint is not None:
+            db.executemany(
+                "INSERT INTO volume_recipients (message_id, fingerprint, rcpt, at)"
+                " VALUES (?, ?, ?, ?)",
+                [(message_id, fingerprint, rcpt, now) for rcpt in rcpts],
             )
-            if fingerprint is not None:
-                db.executemany(
-                    "INSERT INTO volume_recipients (message_id, fingerprint, rcpt, at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(message_id, fingerprint, rcpt, now) for rcpt in rcpts],
-                )
-            self._maybe_prune(db, now, windows)
+        self._maybe_prune(db, now, windows)
         return snapshot
 
     def peek(

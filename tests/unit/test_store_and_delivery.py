@@ -4,6 +4,7 @@ in-memory relay twin."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from apiguard.notices import NoticeIdentity
 from apiguard.relay.base import RelayReply
 from apiguard.relay.memory import MemoryRelay
 from apiguard.store.aio import AsyncStore
-from apiguard.store.base import MessageKind, MessageState, NewMessage, RecipientState
+from apiguard.store.base import (
+    MessageKind,
+    MessageState,
+    NewMessage,
+    RecipientState,
+    StoreError,
+)
 from apiguard.store.sqlite import SqliteStore
 from tests.support import letter
 
@@ -186,3 +193,55 @@ def test_a_later_message_to_the_same_recipient_waits_for_the_earlier_one(
     second = store.claim_due(now=2000.0, limit=10)
     assert [(j.message_id, [r.rcpt for r in j.recipients]) for j in second] == [("m2", [B])]
     store.close()
+
+
+# -- group commit of every kind of write -------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions_and_fsyncs_only_when_needed(
+    tmp_path: Path,
+) -> None:
+    sync = SqliteStore(tmp_path)
+    store = AsyncStore(sync)
+    seen: list[str] = []
+    sync._db.set_trace_callback(seen.append)
+    try:
+        # A claim alone: a transaction without fsync.
+        assert await store.claim(10**10, 10) == []
+        assert seen.count("BEGIN IMMEDIATE") == 1
+        assert "PRAGMA synchronous = NORMAL" in seen
+        seen.clear()
+        # Twenty accepts and twenty claims at once: far fewer transactions,
+        # durable since accepts are among them.
+        await asyncio.gather(
+            *(store.accept(new_message(f"m{i}")) for i in range(20)),
+            *(store.claim(0.0, 1) for _ in range(20)),
+        )
+        assert 1 <= seen.count("BEGIN IMMEDIATE") <= 3
+        assert "PRAGMA synchronous = NORMAL" not in seen
+        assert await store.run(sync.count_messages, MessageState.QUEUED) == 20
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_fails_its_whole_batch_and_stores_nothing(tmp_path: Path) -> None:
+    store = AsyncStore(SqliteStore(tmp_path))
+
+    def broken(db: object) -> None:
+        raise sqlite3.IntegrityError("injected")
+
+    try:
+        results = await asyncio.gather(
+            store.accept(new_message("a")),
+            store.write(broken, durable=True),
+            store.accept(new_message("b")),
+            return_exceptions=True,
+        )
+        # The first write may run alone before the others queue up; the
+        # failing one's batch is refused as a whole.
+        assert isinstance(results[1], StoreError)
+        for message_id, result in zip(("a", "b"), (results[0], results[2]), strict=True):
+            stored = await store.run(store.sync.get, message_id)
+            assert (stored is None) == isinstance(result, Exception)
+    finally:
+        await store.close()
