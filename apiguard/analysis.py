@@ -143,7 +143,7 @@ class Analyser:
         for attempt in range(2):
             worker = min(pool, key=lambda w: w.load)
             try:
-                result: Analysis = await worker.call(raw, envelope, now)
+                result: Analysis = await worker.call(raw, envelope, now)  # raw as the blob
                 return result
             except WorkerLost:
                 if attempt:

@@ -163,7 +163,14 @@ class DeliveryWorker:
         async with self._slots:
             recipients = [r.rcpt for r in job.recipients]
             started = self.clock()
-            result = await self.relay.send(job.mail_from, recipients, job.raw)
+            raw = job.raw
+            if raw is None:
+                raw = await self.store.run(self.store.sync.get_raw, job.message_id)
+            if raw is None:  # pragma: no cover - content is kept until every recipient is final
+                log.error("delivery.content_missing", message_id=job.message_id)
+                await self.store.run(self.store.sync.unclaim, [job.message_id])
+                return
+            result = await self.relay.send(job.mail_from, recipients, raw)
             now = self.clock()
             outcomes: list[RecipientOutcome] = []
             failures: list[FailedRecipient] = []
@@ -182,7 +189,7 @@ class DeliveryWorker:
                     message_id=job.message_id,
                     sender=job.mail_from,
                     failures=failures,
-                    original_raw=job.raw,
+                    original_raw=raw,
                     arrival=job.created_at,
                     expired=expired_any,
                 )

@@ -7,8 +7,12 @@ the SMTP process writes length-prefixed requests straight into the worker's
 stdin pipe and reads the answers from its stdout pipe, both watched by the
 event loop; nothing else runs.
 
-A frame is a 12-byte header, `!IQ` (payload length, request number), then the
-pickled payload. The worker answers in the order it was asked. The first frame
+A request is a 16-byte header, `!IQI` (payload length, request number, blob
+length), the pickled arguments, then the blob: the message's bytes travel
+as they are, neither pickled nor copied, in pieces the event loop writes as
+the pipe drains (a 10 MB message never holds the loop). The worker applies
+its function to (blob, *arguments) and answers with a `!IQ` header and the
+pickled result, in the order it was asked. The first frame
 a worker receives is its configuration; it answers it once its charter is
 built. A worker exits when its stdin closes, and Linux kills it if the SMTP
 process dies first (`PR_SET_PDEATHSIG`).
@@ -31,7 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_HEADER = struct.Struct("!IQ")
+_HEADER = struct.Struct("!IQ")  # answers: payload length, request number
+_REQUEST = struct.Struct("!IQI")  # requests: payload length, request number, blob length
+_CHUNK = 256 * 1024  # the most written to the pipe in one event-loop step
 _PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031  # Linux
 _PIPE_SIZE = 1 << 20
@@ -80,21 +86,24 @@ def serve(
     function each later frame's arguments are applied to."""
     handle: Callable[..., Any] | None = None
     while True:
-        header = _read_exactly(requests, _HEADER.size)
+        header = _read_exactly(requests, _REQUEST.size)
         if header is None:
             return  # the SMTP process closed the pipe: stop
-        size, number = _HEADER.unpack(header)
+        size, number, blob_size = _REQUEST.unpack(header)
         payload = _read_exactly(requests, size)
-        if payload is None:
+        blob = _read_exactly(requests, blob_size) if blob_size else b""
+        if payload is None or blob is None:
             return
         try:
+            arguments = pickle.loads(payload)  # noqa: S301 - our own parent, private pipe
             if handle is None:
-                handle = setup(pickle.loads(payload))  # noqa: S301 - our own parent, private pipe
+                handle = setup(arguments)
                 result: tuple[bool, Any] = (True, None)
             else:
-                result = (True, handle(*pickle.loads(payload)))  # noqa: S301
+                result = (True, handle(blob, *arguments))
         except Exception as error:  # the parent decides; the worker lives on
             result = (False, type(error).__name__)
+        del blob
         answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(_HEADER.pack(len(answer), number) + answer)
         answers.flush()
@@ -127,6 +136,7 @@ class WorkerProcess:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._numbers = itertools.count()
         self._reader: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -170,30 +180,44 @@ class WorkerProcess:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
 
-    async def call(self, *args: Any) -> Any:
-        """The worker's function applied to `args`."""
-        return await self._request(args)
+    async def call(self, blob: bytes, *args: Any) -> Any:
+        """The worker's function applied to (`blob`, *`args`)."""
+        return await self._request(args, blob)
 
-    async def _request(self, payload: Any) -> Any:
+    async def _request(self, payload: Any, blob: bytes = b"") -> Any:
         if not self.alive:
             raise WorkerLost("worker not running")
         assert self.process is not None and self.process.stdin is not None
+        stdin = self.process.stdin
         number = next(self._numbers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self.process.stdin.write(_HEADER.pack(len(data), number))
-            self.process.stdin.write(data)
-            if len(data) > 1 << 16:
-                await self.process.stdin.drain()
-        except (ConnectionError, RuntimeError) as error:
-            self._pending.pop(number, None)
-            raise WorkerLost(type(error).__name__) from None
+        head = _REQUEST.pack(len(data), number, len(blob)) + data
+        if len(blob) <= _CHUNK and not self._write_lock.locked():
+            stdin.write(head + blob if blob else head)  # at once: nothing can cut it
+        else:
+            # Shielded: a session cancelled half-way must not leave half a
+            # request in the pipe.
+            try:
+                await asyncio.shield(self._write_pieces(stdin, head, blob))
+            except (ConnectionError, RuntimeError) as error:
+                self._pending.pop(number, None)
+                raise WorkerLost(type(error).__name__) from None
         ok, value = await future
         if not ok:
             raise WorkerError(value)
         return value
+
+    async def _write_pieces(self, stdin: asyncio.StreamWriter, head: bytes, blob: bytes) -> None:
+        """One request, the blob in pieces as the pipe drains; requests are
+        never interleaved."""
+        async with self._write_lock:
+            stdin.write(head)
+            view = memoryview(blob)
+            for start in range(0, len(view), _CHUNK):
+                stdin.write(view[start : start + _CHUNK])
+                await stdin.drain()
 
     async def _read_answers(self) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -47,6 +47,17 @@ def unstuff(stuffed: bytes) -> bytes:
     return stuffed.replace(b"\r\n.", b"\r\n")
 
 
+def _unstuff_piece(piece: bytes, previous_tail: bytes) -> bytes:
+    """`unstuff` for one piece of the stream, as it arrives (no pass over the
+    whole message at the end): a line start may sit at the piece's start,
+    after the CRLF or the CR that ended the previous piece."""
+    if previous_tail.endswith(b"\r\n") and piece.startswith(b"."):
+        piece = piece[1:]
+    elif previous_tail.endswith(b"\r") and piece.startswith(b"\n."):
+        piece = b"\n" + piece[2:]
+    return piece.replace(b"\r\n.", b"\r\n")
+
+
 class _LineMeter:
     """The longest line seen so far, lines split at CRLF only (like aiosmtpd),
     across pieces."""
@@ -122,10 +133,10 @@ async def read_data(
             if state is not DataState.NOMINAL:
                 pieces.clear()  # discard at once: no memory for data we refuse
             else:
-                pieces.append(body)
+                pieces.append(_unstuff_piece(body, tail))
         tail = (tail + piece)[-5:] if len(piece) < 5 else piece[-5:]
         if ended:
             break
     if state is not DataState.NOMINAL:
         return DataResult(state, b"")
-    return DataResult(state, unstuff(b"".join(pieces)))
+    return DataResult(state, pieces[0] if len(pieces) == 1 else b"".join(pieces))

@@ -21,22 +21,28 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Item = TypeVar("Item")
 
+# Messages larger than this are committed in a transaction of their own.
+HEAVY_SIZE = 1024 * 1024
+
 # Work to do inside the message's own transaction (e.g. settling volume counts).
 FollowUp = Callable[[sqlite3.Connection], Any]
 
 
 class _Batcher(Generic[Item]):
-    """Queues items and writes each queue-full with one call on the store thread."""
+    """Queues items and writes each queue-full with one call on the store thread.
+    A `heavy` item (a big message) is written alone, after the light ones that
+    were queued with it: a letter never waits for ten big messages' commit."""
 
     def __init__(self, store: AsyncStore, write: Callable[[list[Item]], list[Any]]) -> None:
         self._store = store
         self._write = write
         self._pending: list[tuple[Item, asyncio.Future[Any]]] = []
+        self._heavy: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flushing = False
 
-    async def submit(self, item: Item) -> Any:
+    async def submit(self, item: Item, *, heavy: bool = False) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        (self._heavy if heavy else self._pending).append((item, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -44,8 +50,11 @@ class _Batcher(Generic[Item]):
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while self._pending or self._heavy:
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                else:
+                    batch = [self._heavy.pop(0)]
                 try:
                     results = await self._store.run(self._write, [item for item, _ in batch])
                 except Exception as error:
@@ -71,10 +80,13 @@ class AsyncStore:
         # runs shares the next one (and its one fsync), whatever its kind.
         self._writes: _Batcher[WriteOp] = _Batcher(self, store.write_many)
 
-    async def write(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool) -> T:
-        """Run `operation` inside a shared write transaction; returns its result
-        once that transaction has committed (durably, when `durable`)."""
-        result: T = await self._writes.submit((operation, durable))
+    async def write(
+        self, operation: Callable[[sqlite3.Connection], T], *, durable: bool, heavy: bool = False
+    ) -> T:
+        """Run `operation` inside a shared write transaction (its own, when
+        `heavy`); returns its result once that transaction has committed
+        (durably, when `durable`)."""
+        result: T = await self._writes.submit((operation, durable), heavy=heavy)
         return result
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -94,6 +106,7 @@ class AsyncStore:
                 self.sync.accept_in, message=message, notices=notices, follow_up=then
             ),
             durable=True,
+            heavy=len(message.raw or b"") > HEAVY_SIZE,
         )
 
     async def complete(

@@ -110,7 +110,7 @@ class DeliveryJob:
     created_at: float
     kind: MessageKind
     mail_from: str
-    raw: bytes
+    raw: bytes | None  # None: a big content, read when the attempt starts
     recipients: tuple[RecipientRow, ...]
 
 

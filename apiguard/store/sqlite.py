@@ -72,6 +72,10 @@ CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
 
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 
+# Claimed jobs carry contents up to this size; bigger ones are read by the
+# attempt itself, so that jobs waiting their turn hold no 10 MB copies.
+CLAIM_CONTENT_SIZE = 1024 * 1024
+
 # A write for `SqliteStore.write_many`: an operation run inside the shared
 # transaction, and whether it needs the transaction to be durable.
 WriteOp = tuple[Callable[[sqlite3.Connection], Any], bool]
@@ -251,7 +255,9 @@ class SqliteStore:
         """`claim_due` inside the caller's transaction."""
         rows = db.execute(
             "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
-            " m.created_at, m.kind, m.mail_from, d.raw, m.seq"
+            # A big content is read when its attempt starts, not claimed ahead.
+            " m.created_at, m.kind, m.mail_from,"
+            " CASE WHEN length(d.raw) <= ? THEN d.raw END, m.seq"
             " FROM recipients r JOIN messages m ON m.id = r.message_id"
             " JOIN message_data d ON d.id = r.message_id"
             " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
@@ -263,7 +269,7 @@ class SqliteStore:
             " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
             " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
             " ORDER BY m.seq LIMIT ?",
-            (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
+            (CLAIM_CONTENT_SIZE, *_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
         ).fetchall()
         if not rows:
             return []
@@ -283,7 +289,7 @@ class SqliteStore:
                     created_at=row[5],
                     kind=MessageKind(row[6]),
                     mail_from=row[7],
-                    raw=bytes(row[8]),
+                    raw=bytes(row[8]) if row[8] is not None else None,
                     recipients=(),
                 )
         return [

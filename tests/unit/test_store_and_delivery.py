@@ -4,6 +4,7 @@ in-memory relay twin."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import stat
 from pathlib import Path
@@ -245,3 +246,26 @@ async def test_a_failing_write_fails_its_whole_batch_and_stores_nothing(tmp_path
             assert (stored is None) == isinstance(result, Exception)
     finally:
         await store.close()
+
+
+async def test_a_big_message_is_claimed_without_its_content_and_still_delivered_whole(
+    tmp_path: Path,
+) -> None:
+    relay = MemoryRelay()
+    store = AsyncStore(SqliteStore(tmp_path))
+    big = letter(1) + (b"A" * 76 + b"\r\n") * 30_000  # 2.3 MB
+    await store.accept(dataclasses.replace(new_message("big"), raw=big, size=len(big)))
+    claimed = await store.run(store.sync.claim_due, 1000.0, 10)
+    assert [job.raw for job in claimed] == [None]  # read by the attempt, not held here
+    await store.run(store.sync.unclaim, ["big"])
+    worker = DeliveryWorker(
+        store, relay, DeliverySettings(poll_interval=0.01), NoticeIdentity(), clock=lambda: 1000.0
+    )
+    await worker.start()
+    for _ in range(300):
+        if len(relay.sent) == 1:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    assert relay.sent[0][2] == big
+    await store.close()

@@ -12,10 +12,11 @@ import pytest
 from apiguard.worker import WorkerError, WorkerLost, WorkerProcess
 
 
-def setup_scale(factor: int) -> Callable[[int], int]:
-    """Run in the child: a function that scales, fails on negatives, sleeps on 0."""
+def setup_scale(factor: int) -> Callable[[bytes, int], int]:
+    """Run in the child: a function that scales and adds the blob's length,
+    fails on negatives, sleeps on 0."""
 
-    def scale(value: int) -> int:
+    def scale(blob: bytes, value: int) -> int:
         if value < 0:
             raise ValueError(f"negative value {value}")  # the text must not travel
         if value == 0:
@@ -23,7 +24,7 @@ def setup_scale(factor: int) -> Callable[[int], int]:
 
             time.sleep(30)
         print("stray output goes to stderr, not into the protocol")
-        return value * factor
+        return value * factor + len(blob)
 
     return scale
 
@@ -35,10 +36,13 @@ async def test_answers_match_requests_under_concurrency() -> None:
     worker = WorkerProcess(SETUP, 3)
     await worker.start()
     try:
-        results = await asyncio.gather(*(worker.call(n) for n in range(1, 200)))
-        assert results == [3 * n for n in range(1, 200)]
-        big = await worker.call(10**400)  # a frame larger than a pipe buffer
-        assert big == 3 * 10**400
+        blobs = [b"x" * (n % 7) * 100_000 for n in range(1, 60)]  # up to 600 kB
+        results = await asyncio.gather(
+            *(worker.call(blob, n) for n, blob in enumerate(blobs, start=1))
+        )
+        assert results == [3 * n + len(blob) for n, blob in enumerate(blobs, start=1)]
+        big = await worker.call(b"y" * 10_000_000, 10**400)  # more than a pipe holds
+        assert big == 3 * 10**400 + 10_000_000
     finally:
         await worker.stop()
     assert not worker.alive
@@ -49,9 +53,9 @@ async def test_an_error_names_its_type_only_and_the_worker_lives_on() -> None:
     await worker.start()
     try:
         with pytest.raises(WorkerError) as error:
-            await worker.call(-7)
+            await worker.call(b"", -7)
         assert str(error.value) == "ValueError"
-        assert await worker.call(5) == 10
+        assert await worker.call(b"ab", 5) == 12
     finally:
         await worker.stop()
 
@@ -59,7 +63,7 @@ async def test_an_error_names_its_type_only_and_the_worker_lives_on() -> None:
 async def test_a_killed_worker_fails_what_was_in_flight() -> None:
     worker = WorkerProcess(SETUP, 2)
     await worker.start()
-    busy = asyncio.create_task(worker.call(0))  # sleeps in the child
+    busy = asyncio.create_task(worker.call(b"", 0))  # sleeps in the child
     await asyncio.sleep(0.2)
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
@@ -67,7 +71,7 @@ async def test_a_killed_worker_fails_what_was_in_flight() -> None:
         await asyncio.wait_for(busy, 10)
     assert not worker.alive
     with pytest.raises(WorkerLost):
-        await worker.call(1)
+        await worker.call(b"", 1)
     await worker.stop()
 
 
@@ -76,3 +80,18 @@ async def test_a_setup_that_fails_is_reported() -> None:
     with pytest.raises(WorkerLost):
         await asyncio.wait_for(worker.start(), 20)
     await worker.stop()
+
+
+async def test_a_caller_cancelled_mid_request_leaves_the_pipe_in_step() -> None:
+    worker = WorkerProcess(SETUP, 1)
+    await worker.start()
+    try:
+        for _ in range(3):
+            caller = asyncio.create_task(worker.call(b"z" * 8_000_000, 1))
+            await asyncio.sleep(0.001)  # somewhere in the middle of its pieces
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+        assert await worker.call(b"abc", 2) == 5
+    finally:
+        await worker.stop()
