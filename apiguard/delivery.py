@@ -195,7 +195,7 @@ class DeliveryWorker:
                 )
                 notices = (notice_message(raw, job.mail_from, job.message_id, now),)
             try:
-                await self.store.complete(job.message_id, outcomes, notices, now)
+                await self.store.complete(job.message_id, outcomes, notices, now, size=len(raw))
             except Exception as error:
                 log.error(
                     "delivery.record_failed", message_id=job.message_id, error=type(error).__name__

@@ -115,8 +115,11 @@ class AsyncStore:
         outcomes: list[RecipientOutcome],
         notices: tuple[NewMessage, ...] = (),
         now: float = 0.0,
+        *,
+        size: int = 0,
     ) -> None:
-        """Record one delivery attempt's outcomes (grouped with other writes)."""
+        """Record one delivery attempt's outcomes (grouped with other writes;
+        alone when the message is big: dropping its content takes a while)."""
         await self.write(
             functools.partial(
                 self.sync.complete_in,
@@ -126,6 +129,7 @@ class AsyncStore:
                 now=now,
             ),
             durable=True,
+            heavy=size > HEAVY_SIZE,
         )
 
     async def claim(self, now: float, limit: int) -> list[DeliveryJob]:
