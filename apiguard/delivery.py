@@ -165,7 +165,7 @@ class DeliveryWorker:
             started = self.clock()
             raw = job.raw
             if raw is None:
-                raw = await self.store.run(self.store.sync.get_raw, job.message_id)
+                raw = await self.store.read_content(job.message_id)
             if raw is None:  # pragma: no cover - content is kept until every recipient is final
                 log.error("delivery.content_missing", message_id=job.message_id)
                 await self.store.run(self.store.sync.unclaim, [job.message_id])
@@ -195,7 +195,7 @@ class DeliveryWorker:
                 )
                 notices = (notice_message(raw, job.mail_from, job.message_id, now),)
             try:
-                await self.store.complete(job.message_id, outcomes, notices, now, size=len(raw))
+                await self.store.complete(job.message_id, outcomes, notices, now)
             except Exception as error:
                 log.error(
                     "delivery.record_failed", message_id=job.message_id, error=type(error).__name__

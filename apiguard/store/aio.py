@@ -8,41 +8,36 @@ nothing is acknowledged before the transaction that holds it has committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome
-from apiguard.store.sqlite import SqliteStore, WriteOp
+from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome, StoreError
+from apiguard.store.sqlite import SPOOL_SIZE, SqliteStore, WriteOp
 
 P = ParamSpec("P")
 T = TypeVar("T")
 Item = TypeVar("Item")
-
-# Messages larger than this are committed in a transaction of their own.
-HEAVY_SIZE = 1024 * 1024
 
 # Work to do inside the message's own transaction (e.g. settling volume counts).
 FollowUp = Callable[[sqlite3.Connection], Any]
 
 
 class _Batcher(Generic[Item]):
-    """Queues items and writes each queue-full with one call on the store thread.
-    A `heavy` item (a big message) is written alone, after the light ones that
-    were queued with it: a letter never waits for ten big messages' commit."""
+    """Queues items and writes each queue-full with one call on the store thread."""
 
     def __init__(self, store: AsyncStore, write: Callable[[list[Item]], list[Any]]) -> None:
         self._store = store
         self._write = write
         self._pending: list[tuple[Item, asyncio.Future[Any]]] = []
-        self._heavy: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flushing = False
 
-    async def submit(self, item: Item, *, heavy: bool = False) -> Any:
+    async def submit(self, item: Item) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        (self._heavy if heavy else self._pending).append((item, future))
+        self._pending.append((item, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -50,11 +45,8 @@ class _Batcher(Generic[Item]):
 
     async def _flush(self) -> None:
         try:
-            while self._pending or self._heavy:
-                if self._pending:
-                    batch, self._pending = self._pending, []
-                else:
-                    batch = [self._heavy.pop(0)]
+            while self._pending:
+                batch, self._pending = self._pending, []
                 try:
                     results = await self._store.run(self._write, [item for item, _ in batch])
                 except Exception as error:
@@ -80,13 +72,10 @@ class AsyncStore:
         # runs shares the next one (and its one fsync), whatever its kind.
         self._writes: _Batcher[WriteOp] = _Batcher(self, store.write_many)
 
-    async def write(
-        self, operation: Callable[[sqlite3.Connection], T], *, durable: bool, heavy: bool = False
-    ) -> T:
-        """Run `operation` inside a shared write transaction (its own, when
-        `heavy`); returns its result once that transaction has committed
-        (durably, when `durable`)."""
-        result: T = await self._writes.submit((operation, durable), heavy=heavy)
+    async def write(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool) -> T:
+        """Run `operation` inside a shared write transaction; returns its result
+        once that transaction has committed (durably, when `durable`)."""
+        result: T = await self._writes.submit((operation, durable))
         return result
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -101,13 +90,25 @@ class AsyncStore:
     ) -> Any:
         """Durably store one message (with its notices, and `then` run in the same
         transaction); returns `then`'s result once committed."""
-        return await self.write(
-            functools.partial(
-                self.sync.accept_in, message=message, notices=notices, follow_up=then
-            ),
-            durable=True,
-            heavy=len(message.raw or b"") > HEAVY_SIZE,
-        )
+        spooled = message.raw is not None and len(message.raw) > SPOOL_SIZE
+        if spooled:
+            assert message.raw is not None
+            try:
+                await asyncio.to_thread(self.sync.spool_write, message.id, message.raw)
+            except OSError as error:
+                raise StoreError(f"spool: {error.strerror or error}") from error
+            message = dataclasses.replace(message, raw=None, spooled=True)
+        try:
+            return await self.write(
+                functools.partial(
+                    self.sync.accept_in, message=message, notices=notices, follow_up=then
+                ),
+                durable=True,
+            )
+        except BaseException:
+            if spooled:
+                self.sync.spool_discard(message.id)
+            raise
 
     async def complete(
         self,
@@ -115,11 +116,8 @@ class AsyncStore:
         outcomes: list[RecipientOutcome],
         notices: tuple[NewMessage, ...] = (),
         now: float = 0.0,
-        *,
-        size: int = 0,
     ) -> None:
-        """Record one delivery attempt's outcomes (grouped with other writes;
-        alone when the message is big: dropping its content takes a while)."""
+        """Record one delivery attempt's outcomes (grouped with other writes)."""
         await self.write(
             functools.partial(
                 self.sync.complete_in,
@@ -129,8 +127,11 @@ class AsyncStore:
                 now=now,
             ),
             durable=True,
-            heavy=size > HEAVY_SIZE,
         )
+
+    async def read_content(self, message_id: str) -> bytes | None:
+        """A message's content; a spool file is read off the store thread."""
+        return await asyncio.to_thread(self.sync.read_content, message_id)
 
     async def claim(self, now: float, limit: int) -> list[DeliveryJob]:
         """Due recipients marked as sending (not durable: see `claim_due`)."""

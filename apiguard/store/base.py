@@ -67,6 +67,7 @@ class NewMessage:
     findings: tuple[Finding, ...] = ()
     not_before: float | None = None
     related_id: str | None = None
+    spooled: bool = False  # the content is in its spool file already, not in `raw`
 
 
 @dataclass(frozen=True, slots=True)

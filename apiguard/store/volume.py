@@ -356,7 +356,7 @@ class VolumeStore:
             "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
             (message_id, now, "apiguard", "reject", "art2.fanout: copie d'un envoi groupé refusé"),
         )
-        db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        self.store.drop_content(db, message_id)
         self._forget(db, [message_id])
         return True
 

@@ -50,7 +50,8 @@ def test_store_files_are_private_to_the_service_user(tmp_path: Path) -> None:
     store.accept(new_message("m1"))
     assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
     for path in (tmp_path / "var").iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        expected = 0o700 if path.is_dir() else 0o600  # spool/: big contents
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
     store.close()
 
 
@@ -269,3 +270,93 @@ async def test_a_big_message_is_claimed_without_its_content_and_still_delivered_
     await worker.stop()
     assert relay.sent[0][2] == big
     await store.close()
+
+
+# -- big contents in spool files ----------------------------------------------------
+
+
+def spool_files(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "spool").iterdir())
+
+
+async def test_a_big_content_lives_in_a_private_spool_file_until_final(tmp_path: Path) -> None:
+    store = AsyncStore(SqliteStore(tmp_path))
+    big = letter(1) + (b"B" * 76 + b"\r\n") * 20_000  # 1.5 MB
+    relay = MemoryRelay()
+    try:
+        await store.accept(dataclasses.replace(new_message("big"), raw=big, size=len(big)))
+        path = tmp_path / "spool" / "big"
+        assert spool_files(tmp_path) == ["big"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+        assert store.sync.get_raw("big") == big  # the review page reads it too
+        rows = store.sync._db.execute("SELECT COUNT(*) FROM message_data").fetchone()
+        assert rows[0] == 0  # not in the database
+        worker = DeliveryWorker(
+            store,
+            relay,
+            DeliverySettings(poll_interval=0.01),
+            NoticeIdentity(),
+            clock=lambda: 1000.0,
+        )
+        await worker.start()
+        for _ in range(300):
+            if len(relay.sent) == 1 and not spool_files(tmp_path):
+                break
+            await asyncio.sleep(0.01)
+        await worker.stop()
+        assert relay.sent[0][2] == big
+        assert spool_files(tmp_path) == []  # dropped once every recipient is final
+        assert store.sync.get_raw("big") is None
+    finally:
+        await store.close()
+
+
+async def test_a_spool_file_whose_message_was_not_accepted_is_removed(tmp_path: Path) -> None:
+    store = AsyncStore(SqliteStore(tmp_path))
+    big = b"C" * (2 * 1024 * 1024)
+
+    def refuse(db: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        await store.accept(new_message("first"))
+        # A follow-up that fails rolls the accept back: its file must not stay.
+        try:
+            await store.accept(
+                dataclasses.replace(new_message("big"), raw=big, size=len(big)), then=refuse
+            )
+        except StoreError:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("the accept should have failed")
+        assert spool_files(tmp_path) == []
+    finally:
+        await store.close()
+    # A file left by a crash between its write and its commit goes at start-up.
+    (tmp_path / "spool" / "orphan").write_bytes(b"patient data")
+    reopened = SqliteStore(tmp_path)
+    assert spool_files(tmp_path) == []
+    reopened.close()
+
+
+async def test_a_spool_write_failure_is_a_store_error(tmp_path: Path) -> None:
+    import errno
+
+    store = AsyncStore(SqliteStore(tmp_path))
+
+    def full_disk(message_id: str, raw: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store.sync.spool_write = full_disk  # type: ignore[method-assign]
+    big = b"D" * (2 * 1024 * 1024)
+    try:
+        try:
+            await store.accept(dataclasses.replace(new_message("big"), raw=big, size=len(big)))
+        except StoreError as error:
+            assert "No space left" in str(error)  # the SMTP side answers 451 4.3.0
+        else:  # pragma: no cover
+            raise AssertionError("the accept should have failed")
+        assert store.sync.get("big") is None
+    finally:
+        await store.close()
