@@ -51,6 +51,13 @@ def wire_body(data: bytes) -> bytes:
 
 
 OFF_LOOP_SIZE = 1024 * 1024
+
+
+def _path(address: str, encoding: str) -> bytes:
+    """An SMTP path: `<address>`, `<>` for the null sender of a notice."""
+    return b"<" + address.strip().strip("<>").encode(encoding) + b">"
+
+
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 
 
@@ -145,15 +152,21 @@ class SmtpRelay:
             options.append("SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
         try:
-            await client.mail(mail_from, options=options, encoding=encoding)
+            # The addresses were parsed by our SMTP server already: they go as
+            # paths without aiosmtplib's second RFC 5322 parse (its command
+            # check still refuses any CR or LF in them).
+            sent = await client.execute_command(
+                b"MAIL", b"FROM:" + _path(mail_from, encoding), *(o.encode() for o in options)
+            )
+            if sent.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, mail_from)
             replies: dict[str, RelayReply] = {}
             for rcpt in recipients:
-                try:
-                    await client.rcpt(rcpt, encoding=encoding)
-                except aiosmtplib.SMTPRecipientRefused as refused:
-                    if refused.code == 421:
-                        raise
-                    replies[rcpt] = RelayReply(refused.code, refused.message)
+                answer = await client.execute_command(b"RCPT", b"TO:" + _path(rcpt, encoding))
+                if answer.code == 421:
+                    raise aiosmtplib.SMTPServerDisconnected(answer.message)
+                if answer.code not in (250, 251):
+                    replies[rcpt] = RelayReply(answer.code, answer.message)
             if len(replies) == len(recipients):
                 await self._reset(client)
                 return SendResult(replies)
