@@ -174,8 +174,11 @@ class SmtpRelay:
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             assert client.protocol is not None
-            client.protocol.write(wire)
-            client.protocol.write(END_OF_DATA)
+            if len(wire) < OFF_LOOP_SIZE:
+                client.protocol.write(wire + END_OF_DATA)  # one send, not two
+            else:
+                client.protocol.write(wire)  # not copied once more for three bytes
+                client.protocol.write(END_OF_DATA)
             done = await client.protocol.read_response(timeout=client.timeout)
             if done.code != 250:
                 raise aiosmtplib.SMTPDataError(done.code, done.message)
