@@ -108,16 +108,20 @@ class ConnectionLimits:
         self.active = 0
         self._recent: dict[str, deque[float]] = {}
 
-    def admit(self, client: str) -> str | None:
-        """None to admit (counted as active), else the refusal outcome."""
-        now = self.clock()
-        if len(self._recent) > 10_000:
-            self._forget(now)
-        recent = self._recent.setdefault(client, deque(maxlen=self.per_minute))
-        over_rate = len(recent) == self.per_minute and now - recent[0] < self.WINDOW
-        recent.append(now)
-        if over_rate:
-            return "refused_rate"
+    def admit(self, client: str, *, rate_limited: bool = True) -> str | None:
+        """None to admit (counted as active), else the refusal outcome. Clients
+        that may submit without AUTH (the practice software on this machine or
+        the trusted network) are not rate limited, like Postfix's mynetworks:
+        a laboratory's burst of results must not wait behind 421s."""
+        if rate_limited:
+            now = self.clock()
+            if len(self._recent) > 10_000:
+                self._forget(now)
+            recent = self._recent.setdefault(client, deque(maxlen=self.per_minute))
+            over_rate = len(recent) == self.per_minute and now - recent[0] < self.WINDOW
+            recent.append(now)
+            if over_rate:
+                return "refused_rate"
         if self.active >= self.max_sessions:
             return "refused_sessions"
         self.active += 1
@@ -200,7 +204,9 @@ class GuardedSMTP(SMTP):
             return
         if self._limits is not None:
             address = peer_address(peer)
-            outcome = self._limits.admit(str(address) if address else "")
+            outcome = self._limits.admit(
+                str(address) if address else "", rate_limited=access is not Access.TRUSTED
+            )
             if outcome is not None:
                 self._refuse(transport, outcome, CLIENT_THROTTLED)
                 return
