@@ -155,6 +155,9 @@ _SIMPLE_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.DOTALL
 )
 
+# aiosmtpd's answer to MAIL FROM with SIZE= over the limit (English only).
+_SIZE_REFUSED_AT_MAIL = "552 Error: message size exceeds fixed maximum message size"
+
 # Replies that show a confused or hostile client: syntax, sequence and AUTH errors.
 _ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
 
@@ -245,6 +248,9 @@ class GuardedSMTP(SMTP):
     # -- errors and timeouts --------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
+        if status == _SIZE_REFUSED_AT_MAIL:
+            # A reply people see (their client shows it): in French and English.
+            status = str(replies.message_too_big(self.data_size_limit or 0))
         if isinstance(status, bytes):
             await super().push(status)
             code = status[:3].decode("ascii", "replace")
@@ -310,9 +316,9 @@ class GuardedSMTP(SMTP):
         if result.state is not DataState.NOMINAL:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             if result.state is DataState.TOO_LONG:
-                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                await self.push(str(replies.line_too_long(self.line_length_limit - 1)))
             else:
-                await self.push("552 Error: Too much mail data")
+                await self.push(str(replies.message_too_big(self.data_size_limit or 0)))
             return
         self.envelope.content = result.content
         self.envelope.original_content = result.content

@@ -67,6 +67,27 @@ def recipient_refused(finding: Finding) -> Reply:
     return Reply(550, "5.7.1", f"{finding.rule}: {finding.reply_text}")
 
 
+def line_too_long(limit: int) -> Reply:
+    return Reply(
+        500,
+        "5.5.2",
+        f"ligne de plus de {limit} octets: mettez ce contenu en piece jointe"
+        f" / line longer than {limit} octets: send this content as an attachment",
+    )
+
+
+def message_too_big(limit: int) -> Reply:
+    mega = limit >= 1024 * 1024
+    size = f"{limit / 1024 / 1024:.0f}" if mega else f"{limit / 1024:.0f}"
+    fr, en = ("Mo", "MB") if mega else ("Ko", "KB")
+    return Reply(
+        552,
+        "5.3.4",
+        f"message de plus de {size} {fr}: envoyez les pieces jointes en plusieurs fois"
+        f" / message over {size} {en}: send the attachments in several messages",
+    )
+
+
 STORE_FAILED = Reply(
     451,
     "4.3.0",

@@ -293,6 +293,34 @@ async def test_lines_longer_than_max_line_length_are_refused(sink: Sink, storage
         assert response.code == 250  # 1 500 octets fit under 2 000
 
 
+async def test_a_message_over_the_size_limit_gets_552_in_french_and_english(
+    sink: Sink, storage: Path
+) -> None:
+    settings = proxy_settings(storage, sink.port, smtp={"max_message_size": 20 * 1024})
+    async with (
+        running_proxy(settings) as app,
+        aiosmtplib.SMTP(hostname="127.0.0.1", port=app.port, start_tls=False) as c,
+    ):
+        await c.mail(SENDER)
+        await c.rcpt(COLLEAGUE)
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await c.data(letter(3) + (b"x" * 70 + b"\r\n") * 500)
+        assert refused.value.code == 552
+        assert refused.value.message == (
+            "5.3.4 message de plus de 20 Ko: envoyez les pieces jointes en plusieurs fois"
+            " / message over 20 KB: send the attachments in several messages"
+        )
+        # Announced too big at MAIL FROM (SIZE=): the same answer, before any data.
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as early:
+            await c.mail(SENDER, options=["SIZE=50000"])
+        assert (early.value.code, early.value.message[:6]) == (552, "5.3.4 ")
+        # The session goes on: a letter that fits is accepted.
+        await c.mail(SENDER)
+        await c.rcpt(COLLEAGUE)
+        assert (await c.data(letter(4))).code == 250
+    assert len(sink.handler.mails()) <= 1
+
+
 # -- the pure parts, table-driven ------------------------------------------------
 
 POLICY_CASES = [
