@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ from apiguard.policy.charter import Charter
 from apiguard.policy.rule import Rule, Scope
 from apiguard.policy.verdict import Decision
 from apiguard.volume import VOLUME_RULES
-from apiguard.worker import WorkerLost, WorkerProcess
+from apiguard.worker import WorkerLost, WorkerProcess, WorkerTimeout
 
 if TYPE_CHECKING:
     from apiguard.config import Settings
@@ -101,16 +101,21 @@ class Analyser:
     """Runs `analyse` in worker processes (0: in the SMTP process, on a thread for
     big messages). `workers` analyse letters; messages with attachments and big
     messages have one worker each, so that a 10 MB attachment never queues the
-    letters behind it. A worker that dies is replaced and the message analysed
-    again."""
+    letters behind it. A worker that dies is replaced and what it was analysing
+    is analysed again; one that takes longer than `timeout` on a message is
+    killed and replaced, and that message alone gets a temporary failure."""
 
-    def __init__(self, charter: Charter, settings: Settings, workers: int) -> None:
+    def __init__(
+        self, charter: Charter, settings: Settings, workers: int, timeout: float = 120.0
+    ) -> None:
         self.content = content_half(charter)
         self.workers = workers
+        self.timeout = timeout
         self._settings_json = settings.model_dump_json()
         # Size class -> its workers.
         self._pools: dict[str, list[WorkerProcess]] = {}
         self._sizes = {name: workers if name == "letters" else 1 for name, _ in SIZE_CLASSES}
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def pids(self) -> list[int]:
@@ -140,26 +145,44 @@ class Analyser:
             return analyse(self.content, raw, envelope, now)
         name = size_class(len(raw))
         pool = self._pools[name]
-        for attempt in range(2):
+        for attempt in range(3):
             worker = min(pool, key=lambda w: w.load)
             try:
-                result: Analysis = await worker.call(raw, envelope, now)  # raw as the blob
+                # raw travels as the blob
+                result: Analysis = await worker.call(raw, envelope, now, timeout=self.timeout)
                 return result
+            except WorkerTimeout:
+                log.error("analysis.timeout", pool=name, size=len(raw))
+                self._replace(pool, worker)
+                raise
             except WorkerLost:
-                if attempt:
-                    raise
                 log.error("analysis.worker_lost", pool=name)
-                await self._replace(pool, worker)
+                self._replace(pool, worker)
+                if attempt == 2:
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _replace(self, pool: list[WorkerProcess], worker: WorkerProcess) -> None:
+    def _replace(self, pool: list[WorkerProcess], worker: WorkerProcess) -> None:
+        """Swap in a fresh worker at once (the sessions that pick it wait for its
+        start); the old one is stopped in the background."""
         if worker not in pool:
             return  # another session replaced it already
         fresh = self._new_worker()
         pool[pool.index(worker)] = fresh
-        await worker.stop(timeout=1.0)
-        await fresh.start()
+        for job in (fresh.start(), worker.stop(timeout=1.0)):
+            task = asyncio.create_task(self._quietly(job))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _quietly(job: Awaitable[None]) -> None:
+        try:
+            await job
+        except WorkerLost as error:  # the next message's call says it again
+            log.error("analysis.worker_start_failed", error=str(error)[:200])
 
     async def stop(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(w.stop() for pool in pools for w in pool))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -163,6 +163,10 @@ class Application:
             raise
 
     async def start(self) -> None:
+        # Before listening: no accept can be writing a spool file yet.
+        swept = await self.store.run(self.store.sync.sweep_spool)
+        if swept:
+            log.info("store.spool_swept", files=swept)
         await self.analyser.start()
         await self._listen()
         self.looplag.start()

@@ -18,7 +18,7 @@ import structlog
 from apiguard import metrics
 from apiguard.config import DeliverySettings
 from apiguard.notices import FailedRecipient, NoticeIdentity, bounce
-from apiguard.relay.base import Relay, RelayReply
+from apiguard.relay.base import Relay, RelayReply, SendResult
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import (
     DeliveryJob,
@@ -35,6 +35,13 @@ log = structlog.get_logger("apiguard.delivery")
 def new_message_id() -> str:
     """Short, unique, roughly time-ordered ids (no content in them)."""
     return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+
+CONTENT_LOST = RelayReply(
+    554,
+    "5.3.0 contenu du message introuvable sur le serveur apiguard, renvoyez-le"
+    " / message content lost on the apiguard server, please send it again",
+)
 
 
 def backoff(settings: DeliverySettings, attempts_before: int) -> float:
@@ -166,11 +173,15 @@ class DeliveryWorker:
             raw = job.raw
             if raw is None:
                 raw = await self.store.read_content(job.message_id)
-            if raw is None:  # pragma: no cover - content is kept until every recipient is final
+            if raw is None:
+                # Kept until every recipient is final, so only a damaged disk
+                # gets here: fail it for good and tell the sender to send again,
+                # rather than retry what cannot succeed.
                 log.error("delivery.content_missing", message_id=job.message_id)
-                await self.store.run(self.store.sync.unclaim, [job.message_id])
-                return
-            result = await self.relay.send(job.mail_from, recipients, raw)
+                raw = b""
+                result = SendResult({r: CONTENT_LOST for r in recipients})
+            else:
+                result = await self.relay.send(job.mail_from, recipients, raw)
             now = self.clock()
             outcomes: list[RecipientOutcome] = []
             failures: list[FailedRecipient] = []

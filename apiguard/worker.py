@@ -46,7 +46,11 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class WorkerLost(Exception):
-    """The worker process ended with requests in flight."""
+    """The worker process ended with requests in flight, or could not start."""
+
+
+class WorkerTimeout(WorkerLost):
+    """A request took longer than its deadline: the worker was killed."""
 
 
 class WorkerError(Exception):
@@ -94,6 +98,7 @@ def serve(
         blob = _read_exactly(requests, blob_size) if blob_size else b""
         if payload is None or blob is None:
             return
+        setting_up = handle is None
         try:
             arguments = pickle.loads(payload)  # noqa: S301 - our own parent, private pipe
             if handle is None:
@@ -107,18 +112,21 @@ def serve(
         answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(_HEADER.pack(len(answer), number) + answer)
         answers.flush()
+        if setting_up and handle is None:
+            return  # a worker that could not set up serves nothing
 
 
 def main() -> None:
     """`python -m apiguard.worker MODULE:SETUP`: serve on stdin/stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the SMTP process stops us
     _die_with_parent()
+    # The protocol owns the real stdout; anything printed (even while modules
+    # are imported) goes to stderr.
+    answers = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    os.dup2(2, 1)
     module_name, _, setup_name = sys.argv[1].partition(":")
     module = __import__(module_name, fromlist=[setup_name])
     setup = getattr(module, setup_name)
-    # The protocol owns the real stdout; anything printed goes to stderr.
-    answers = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
-    os.dup2(2, 1)
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         serve(setup, sys.stdin.buffer, answers)
 
@@ -136,6 +144,7 @@ class WorkerProcess:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._numbers = itertools.count()
         self._reader: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._write_lock = asyncio.Lock()
 
     @property
@@ -155,7 +164,13 @@ class WorkerProcess:
         )
 
     async def start(self) -> None:
-        """Start the process and wait until its setup is done."""
+        """Start the process (once, however many callers ask) and wait until
+        its setup is done; raises `WorkerLost` when it cannot be."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         paths = [_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         self.process = await asyncio.create_subprocess_exec(
@@ -170,7 +185,11 @@ class WorkerProcess:
         )
         self._widen_request_pipe()
         self._reader = asyncio.create_task(self._read_answers(), name="apiguard-worker-reader")
-        await self._request(self.config)
+        try:
+            await self._request(self.config)
+        except WorkerError as error:
+            await self.stop(timeout=1.0)
+            raise WorkerLost(f"setup failed: {error}") from None
 
     def _widen_request_pipe(self) -> None:
         """A 200 KB letter fits the pipe in one write instead of four (64 KiB
@@ -180,9 +199,23 @@ class WorkerProcess:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
 
-    async def call(self, blob: bytes, *args: Any) -> Any:
-        """The worker's function applied to (`blob`, *`args`)."""
-        return await self._request(args, blob)
+    async def call(self, blob: bytes, *args: Any, timeout: float | None = None) -> Any:
+        """The worker's function applied to (`blob`, *`args`). Past `timeout`
+        seconds the worker is killed (whatever else it was doing fails with
+        `WorkerLost`) and this call raises `WorkerTimeout`."""
+        await self.start()
+        if timeout is None:
+            return await self._request(args, blob)
+        try:
+            return await asyncio.wait_for(self._request(args, blob), timeout)
+        except TimeoutError:
+            self.kill()
+            raise WorkerTimeout(f"no answer in {timeout:.0f} s") from None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
 
     async def _request(self, payload: Any, blob: bytes = b"") -> Any:
         if not self.alive:

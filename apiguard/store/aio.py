@@ -89,7 +89,15 @@ class AsyncStore:
         then: FollowUp | None = None,
     ) -> Any:
         """Durably store one message (with its notices, and `then` run in the same
-        transaction); returns `then`'s result once committed."""
+        transaction); returns `then`'s result once committed. Shielded: a session
+        cancelled meanwhile (client gone, timeout) does not cut the accept in
+        two; the message is then stored without its 250, and the client's retry
+        makes a duplicate at worst, never a loss."""
+        return await asyncio.shield(self._accept(message, notices, then))
+
+    async def _accept(
+        self, message: NewMessage, notices: tuple[NewMessage, ...], then: FollowUp | None
+    ) -> Any:
         spooled = message.raw is not None and len(message.raw) > SPOOL_SIZE
         if spooled:
             assert message.raw is not None
@@ -105,8 +113,8 @@ class AsyncStore:
                 ),
                 durable=True,
             )
-        except BaseException:
-            if spooled:
+        except Exception:
+            if spooled:  # the transaction failed: nothing refers to the file
                 self.sync.spool_discard(message.id)
             raise
 

@@ -137,7 +137,6 @@ class SqliteStore:
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(SCHEMA)
                 secure_directory(self.spool)
-                self._sweep_spool()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"{self.path}: {error}") from error
 
@@ -176,8 +175,10 @@ class SqliteStore:
                 raise StoreError(str(error)) from error
             dropped, self._unlink_after_commit = self._unlink_after_commit, []
             for message_id in dropped:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.spool / message_id).unlink()
+                # Committed already: a file that cannot go now goes at the next
+                # start (sweep_spool), it never fails the transaction.
+                with contextlib.suppress(OSError):
+                    (self.spool / message_id).unlink(missing_ok=True)
 
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -228,13 +229,18 @@ class SqliteStore:
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
             self._unlink_after_commit.append(message_id)
 
-    def _sweep_spool(self) -> None:
-        """Spool files no message refers to (a crash between writing one and
-        committing its message, or between a commit and an unlink) go."""
-        known = {row[0] for row in self._db.execute("SELECT id FROM message_files")}
+    def sweep_spool(self) -> int:
+        """Remove the spool files no message refers to (a crash between writing
+        one and committing its message, or between a commit and an unlink).
+        Only when the service starts: while it runs, a file being accepted is
+        not referred to yet (never from the CLI or a second store)."""
+        known = {row[0] for row in self._read("SELECT id FROM message_files")}
+        removed = 0
         for path in self.spool.iterdir():
             if path.name not in known:
                 path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # -- writing ----------------------------------------------------------
 

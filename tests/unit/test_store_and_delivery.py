@@ -4,6 +4,7 @@ in-memory relay twin."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import stat
@@ -336,8 +337,40 @@ async def test_a_spool_file_whose_message_was_not_accepted_is_removed(tmp_path: 
     # A file left by a crash between its write and its commit goes at start-up.
     (tmp_path / "spool" / "orphan").write_bytes(b"patient data")
     reopened = SqliteStore(tmp_path)
+    # Opening a store (the CLI does while the service runs) never sweeps: the
+    # file could be a message being accepted right now.
+    assert spool_files(tmp_path) == ["orphan"]
+    assert reopened.sweep_spool() == 1  # the service, when it starts
     assert spool_files(tmp_path) == []
     reopened.close()
+
+
+async def test_an_accept_whose_session_is_cancelled_still_completes_whole(
+    tmp_path: Path,
+) -> None:
+    store = AsyncStore(SqliteStore(tmp_path))
+    big = letter(1) + (b"E" * 76 + b"\r\n") * 20_000
+    try:
+        for n in range(5):
+            session = asyncio.create_task(
+                store.accept(dataclasses.replace(new_message(f"c{n}"), raw=big, size=len(big)))
+            )
+            await asyncio.sleep(0.001 * n)  # cancelled at various points
+            session.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session
+        await store.run(lambda: None)  # the store thread has finished its work
+        await asyncio.sleep(0.2)
+        for n in range(5):
+            stored = store.sync.get(f"c{n}")
+            # Either stored whole (content readable) or not at all: never a row
+            # without its content.
+            if stored is not None:
+                assert store.sync.read_content(f"c{n}") == big
+            else:
+                assert f"c{n}" not in spool_files(tmp_path)
+    finally:
+        await store.close()
 
 
 async def test_a_spool_write_failure_is_a_store_error(tmp_path: Path) -> None:
@@ -360,3 +393,28 @@ async def test_a_spool_write_failure_is_a_store_error(tmp_path: Path) -> None:
         assert store.sync.get("big") is None
     finally:
         await store.close()
+
+
+async def test_a_lost_content_fails_for_good_and_tells_the_sender(tmp_path: Path) -> None:
+    relay = MemoryRelay()
+    store = AsyncStore(SqliteStore(tmp_path))
+    big = letter(1) + (b"F" * 76 + b"\r\n") * 20_000
+    await store.accept(dataclasses.replace(new_message("gone"), raw=big, size=len(big)))
+    (tmp_path / "spool" / "gone").unlink()  # a damaged disk
+    worker = DeliveryWorker(
+        store, relay, DeliverySettings(poll_interval=0.01), NoticeIdentity(), clock=lambda: 1000.0
+    )
+    await worker.start()
+    for _ in range(300):
+        if relay.sent:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    await worker.stop()
+    # No retry loop: the recipients failed once, and the sender got a notice.
+    assert [(s[0], s[1]) for s in relay.sent] == [("", (SENDER,))]
+    assert b"renvoyez-le" in relay.sent[0][2]
+    stored = store.sync.get("gone")
+    assert stored is not None
+    assert {r.state for r in stored.recipients} == {RecipientState.FAILED}
+    await store.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from apiguard.worker import WorkerError, WorkerLost, WorkerProcess
+from apiguard.worker import WorkerError, WorkerLost, WorkerProcess, WorkerTimeout
 
 
 def setup_scale(factor: int) -> Callable[[bytes, int], int]:
@@ -95,3 +95,71 @@ async def test_a_caller_cancelled_mid_request_leaves_the_pipe_in_step() -> None:
         assert await worker.call(b"abc", 2) == 5
     finally:
         await worker.stop()
+
+
+def setup_refusing(config: object) -> Callable[..., object]:
+    raise ValueError("bad configuration")
+
+
+async def test_a_worker_whose_setup_raises_stops_and_reports_it() -> None:
+    worker = WorkerProcess("tests.unit.test_worker:setup_refusing", None)
+    with pytest.raises(WorkerLost, match="ValueError"):
+        await asyncio.wait_for(worker.start(), 20)
+    assert not worker.alive
+    with pytest.raises(WorkerLost):  # and never serves anything
+        await worker.call(b"", 1)
+    await worker.stop()
+
+
+async def test_a_request_past_its_deadline_kills_the_worker() -> None:
+    worker = WorkerProcess(SETUP, 1)
+    await worker.start()
+    hung = asyncio.create_task(worker.call(b"", 0, timeout=0.5))  # 0 sleeps 30 s in the child
+    await asyncio.sleep(0.1)
+    other = asyncio.create_task(worker.call(b"", 1))  # queued behind the hung one
+    with pytest.raises(WorkerTimeout):
+        await hung
+    with pytest.raises(WorkerLost):
+        await asyncio.wait_for(other, 10)
+    assert not worker.alive
+    await worker.stop()
+
+
+def setup_slow_echo(config: object) -> Callable[..., object]:
+    def echo(blob: bytes, number: int, now: float) -> int:
+        import time
+
+        time.sleep(0.05)
+        return number
+
+    return echo
+
+
+async def test_requests_in_flight_on_a_killed_analysis_worker_are_all_answered() -> None:
+    from apiguard.analysis import Analyser
+
+    class EchoAnalyser(Analyser):
+        def __init__(self) -> None:  # the pool machinery only, with a test function
+            self.workers, self.timeout, self._background = 1, 60.0, set()
+            self._pools = {}
+            self._sizes = {"letters": 1, "attachments": 1, "big": 1}
+
+        def _new_worker(self) -> WorkerProcess:
+            return WorkerProcess("tests.unit.test_worker:setup_slow_echo", None)
+
+    analyser = EchoAnalyser()
+    await analyser.start()
+    try:
+        victim = analyser._pools["letters"][0]
+        calls = [
+            asyncio.create_task(analyser.analyse(b"x", n, 0.0))  # type: ignore[arg-type]
+            for n in range(10)
+        ]
+        await asyncio.sleep(0.12)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+        assert sorted(results) == list(range(10))  # type: ignore[type-var]
+        assert analyser._pools["letters"][0] is not victim
+    finally:
+        await analyser.stop()
