@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome, StoreError
-from apiguard.store.sqlite import SPOOL_SIZE, SqliteStore, WriteOp
+from apiguard.store.sqlite import SPOOL_SIZE, SqliteStore, WriteFailed, WriteOp
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -55,7 +55,11 @@ class _Batcher(Generic[Item]):
                             future.set_exception(error)
                 else:
                     for (_, future), result in zip(batch, results, strict=True):
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(result, WriteFailed):
+                            future.set_exception(result.error)
+                        else:
                             future.set_result(result)
         finally:
             self._flushing = False

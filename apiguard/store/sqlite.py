@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,14 @@ CLAIM_CONTENT_SIZE = 1024 * 1024
 # the one store thread every session waits for; a file is written on any
 # thread and unlinked in no time.
 SPOOL_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailed:
+    """`write_many`'s result for an operation that failed on its own."""
+
+    error: Exception
+
 
 # A write for `SqliteStore.write_many`: an operation run inside the shared
 # transaction, and whether it needs the transaction to be durable.
@@ -324,9 +333,24 @@ class SqliteStore:
     def write_many(self, batch: Sequence[WriteOp]) -> list[Any]:
         """Group commit of unrelated writes (accepts, completions, volume
         reservations, claims): one transaction for all, in order, durable (one
-        fsync) when any of them must be; each operation's result in order."""
-        with self._transaction(durable=any(durable for _, durable in batch)) as db:
-            return [operation(db) for operation, _ in batch]
+        fsync) when any of them must be; each operation's result in order.
+        When the shared transaction fails, each operation is run again in a
+        transaction of its own, so that only the failing ones fail (their
+        result is then a `WriteFailed`)."""
+        try:
+            with self._transaction(durable=any(durable for _, durable in batch)) as db:
+                return [operation(db) for operation, _ in batch]
+        except Exception:
+            if len(batch) == 1:
+                raise
+        results: list[Any] = []
+        for operation, durable in batch:
+            try:
+                with self._transaction(durable=durable) as db:
+                    results.append(operation(db))
+            except Exception as error:
+                results.append(WriteFailed(error))
+        return results
 
     def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
         """Mark due recipients as sending and return them grouped by message,
