@@ -18,7 +18,7 @@ import structlog
 from apiguard import metrics
 from apiguard.config import DeliverySettings
 from apiguard.notices import FailedRecipient, NoticeIdentity, bounce
-from apiguard.relay.base import Relay, RelayReply, SendResult
+from apiguard.relay.base import Content, Relay, RelayReply, SendResult, SpooledContent
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import (
     DeliveryJob,
@@ -166,22 +166,30 @@ class DeliveryWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
+    async def _content(self, message_id: str) -> Content | None:
+        """A content not claimed with its job: a big one, streamed from its
+        spool file (or, from an older store, read from the database)."""
+        path = self.store.sync.spool / message_id
+        try:
+            size = (await asyncio.to_thread(path.stat)).st_size
+        except FileNotFoundError:
+            return await self.store.read_content(message_id)
+        return SpooledContent(path, size)
+
     async def _attempt(self, job: DeliveryJob) -> None:
         async with self._slots:
             recipients = [r.rcpt for r in job.recipients]
             started = self.clock()
-            raw = job.raw
-            if raw is None:
-                raw = await self.store.read_content(job.message_id)
-            if raw is None:
+            content = job.raw if job.raw is not None else await self._content(job.message_id)
+            if content is None:
                 # Kept until every recipient is final, so only a damaged disk
                 # gets here: fail it for good and tell the sender to send again,
                 # rather than retry what cannot succeed.
                 log.error("delivery.content_missing", message_id=job.message_id)
-                raw = b""
+                content = b""
                 result = SendResult({r: CONTENT_LOST for r in recipients})
             else:
-                result = await self.relay.send(job.mail_from, recipients, raw)
+                result = await self.relay.send(job.mail_from, recipients, content)
             now = self.clock()
             outcomes: list[RecipientOutcome] = []
             failures: list[FailedRecipient] = []
@@ -200,7 +208,11 @@ class DeliveryWorker:
                     message_id=job.message_id,
                     sender=job.mail_from,
                     failures=failures,
-                    original_raw=raw,
+                    original_raw=(
+                        await asyncio.to_thread(content.head)
+                        if isinstance(content, SpooledContent)
+                        else content
+                    ),
                     arrival=job.created_at,
                     expired=expired_any,
                 )

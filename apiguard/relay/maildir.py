@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from apiguard.relay.base import RelayReply, SendResult
+from apiguard.relay.base import Content, RelayReply, SendResult, SpooledContent
 from apiguard.store.sqlite import secure_directory
 
 
@@ -43,8 +43,10 @@ class MaildirRelay:
             os.close(dir_fd)
         return name
 
-    async def send(self, mail_from: str, recipients: list[str], data: bytes) -> SendResult:
+    async def send(self, mail_from: str, recipients: list[str], data: Content) -> SendResult:
         try:
+            if isinstance(data, SpooledContent):
+                data = await asyncio.to_thread(data.read)
             name = await asyncio.to_thread(self._write, mail_from, recipients, data)
         except OSError as error:
             reply = RelayReply(451, f"4.3.0 outbox not writable: {error.strerror}")

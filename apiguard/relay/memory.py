@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apiguard.relay.base import RelayReply, SendResult
+from apiguard.relay.base import Content, RelayReply, SendResult, SpooledContent
 
 
 @dataclass
@@ -16,7 +16,9 @@ class MemoryRelay:
     replies: list[RelayReply] = field(default_factory=list)
     refuse: dict[str, RelayReply] = field(default_factory=dict)
 
-    async def send(self, mail_from: str, recipients: list[str], data: bytes) -> SendResult:
+    async def send(self, mail_from: str, recipients: list[str], data: Content) -> SendResult:
+        if isinstance(data, SpooledContent):
+            data = data.read()
         if self.replies:
             reply = self.replies.pop(0)
             if not reply.delivered:

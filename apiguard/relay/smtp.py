@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from pathlib import Path
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from apiguard.config import RelaySettings
-from apiguard.relay.base import RelayReply, SendResult, connection_trouble
+from apiguard.relay.base import (
+    Content,
+    RelayReply,
+    SendResult,
+    SpooledContent,
+    connection_trouble,
+)
 
 
 def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
@@ -50,7 +58,50 @@ def wire_body(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
+class WireEncoder:
+    """`wire_body` fed in pieces (a spool file read 256 KiB at a time): the
+    concatenated output is `wire_body` of the concatenated input. A CR at the
+    end of a piece waits for the next one (it may start a CRLF), and whether a
+    piece starts a line is carried over for the dot-stuffing."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._line_start = True
+        self._emitted = False
+        self._ended_line = True
+
+    def feed(self, piece: bytes) -> bytes:
+        data = self._held + piece
+        cut = len(data) - 1 if data.endswith(b"\r") else len(data)
+        self._held = data[cut:]
+        return self._encode(data[:cut])
+
+    def finish(self) -> bytes:
+        """The rest, and the final CRLF when the content does not end a line."""
+        data, self._held = self._held, b""
+        out = self._encode(data)
+        if self._emitted and not self._ended_line:
+            out += b"\r\n"
+        return out
+
+    def _encode(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            data = _LINE_ENDS.sub(b"\r\n", data)
+        if self._line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        self._ended_line = self._line_start = data.endswith(b"\r\n")
+        self._emitted = True
+        return data
+
+
 OFF_LOOP_SIZE = 1024 * 1024
+STREAM_PIECE = 256 * 1024
+# The most a streamed message may have waiting in the relay connection's buffer.
+STREAM_BUFFER = 1024 * 1024
 
 
 def _path(address: str, encoding: str) -> bytes:
@@ -59,6 +110,30 @@ def _path(address: str, encoding: str) -> bytes:
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def _file_is_ascii(path: Path) -> bool:
+    with path.open("rb") as handle:
+        while piece := handle.read(STREAM_PIECE * 4):
+            if not piece.isascii():
+                return False
+    return True
+
+
+async def _stream(protocol: SMTPProtocol, content: SpooledContent) -> None:
+    """Send a spooled content in wire form, piece by piece as the connection
+    drains: a 10 MB message holds neither 10 MB of memory nor the event loop."""
+    encoder = WireEncoder()
+    transport = protocol.transport
+    assert isinstance(transport, asyncio.WriteTransport)
+    with content.path.open("rb") as handle:
+        while piece := await asyncio.to_thread(handle.read, STREAM_PIECE):
+            protocol.write(encoder.feed(piece))
+            while transport.get_write_buffer_size() > STREAM_BUFFER:
+                if transport.is_closing():
+                    raise aiosmtplib.SMTPServerDisconnected("connection lost while sending")
+                await asyncio.sleep(0.002)
+    protocol.write(encoder.finish())
 
 
 class SmtpRelay:
@@ -101,7 +176,7 @@ class SmtpRelay:
     def _drop(client: aiosmtplib.SMTP) -> None:
         client.close()
 
-    async def send(self, mail_from: str, recipients: list[str], data: bytes) -> SendResult:
+    async def send(self, mail_from: str, recipients: list[str], data: Content) -> SendResult:
         async with self._slots:
             for attempt in range(2):
                 try:
@@ -124,7 +199,7 @@ class SmtpRelay:
         return self._all(recipients, connection_trouble("unavailable"))  # pragma: no cover
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], data: bytes
+        self, client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], data: Content
     ) -> SendResult:
         """MAIL, RCPT for each recipient, DATA. Not aiosmtplib's `sendmail`: it
         normalises the line ends of the whole message twice and scans it for
@@ -137,16 +212,21 @@ class SmtpRelay:
         utf8 = not all(a.isascii() for a in (mail_from, *recipients))
         if utf8 and not client.supports_extension("smtputf8"):
             return self._all(recipients, SMTPUTF8_UNSUPPORTED)
-        # A 10 MB message's passes take tens of milliseconds: not on the event loop.
-        wire = (
-            wire_body(data)
-            if len(data) < OFF_LOOP_SIZE
-            else await asyncio.to_thread(wire_body, data)
-        )
+        if isinstance(data, SpooledContent):
+            wire: bytes | None = None
+            size, ascii_only = data.size, await asyncio.to_thread(_file_is_ascii, data.path)
+        else:
+            # A big message's passes take tens of milliseconds: not on the loop.
+            wire = (
+                wire_body(data)
+                if len(data) < OFF_LOOP_SIZE
+                else await asyncio.to_thread(wire_body, data)
+            )
+            size, ascii_only = len(wire), data.isascii()
         options = []
         if client.supports_extension("size"):
-            options.append(f"SIZE={len(wire)}")
-        if not data.isascii() and client.supports_extension("8bitmime"):
+            options.append(f"SIZE={size}")  # a spooled content's is an estimate (RFC 1870)
+        if not ascii_only and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
         if utf8:
             options.append("SMTPUTF8")
@@ -174,7 +254,11 @@ class SmtpRelay:
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             assert client.protocol is not None
-            if len(wire) < OFF_LOOP_SIZE:
+            if wire is None:
+                assert isinstance(data, SpooledContent)
+                await _stream(client.protocol, data)
+                client.protocol.write(END_OF_DATA)
+            elif len(wire) < OFF_LOOP_SIZE:
                 client.protocol.write(wire + END_OF_DATA)  # one send, not two
             else:
                 client.protocol.write(wire)  # not copied once more for three bytes

@@ -131,3 +131,22 @@ async def test_a_big_attachment_does_not_stall_other_sessions(
         f"workers={workers}: small transactions during the big one: n={len(timings)}"
         f" max={max(timings):.3f}s"
     )
+
+
+async def test_a_big_message_reaches_the_relay_byte_for_byte(sink: Sink, storage: Path) -> None:
+    """Over 1 MiB, the content is spooled to a file and streamed to the relay in
+    pieces: what arrives is what was accepted, transparent dots included."""
+    lines = b"".join(
+        (b"." if n % 97 == 0 else b"") + b"%06d " % n + b"x" * 70 + b"\r\n" for n in range(30_000)
+    )
+    # Lines that start with a dot, inside the letter itself (before its end).
+    big = letter(1).replace(b"****FIN****", lines + b"****FIN****")
+    assert len(big) > 2 * 1024 * 1024
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        _, reply = await send(app.port, SENDER, [COLLEAGUE], big)
+        assert reply.startswith("2.0.0 queued as")
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=30)
+        await eventually(lambda: not list((storage / "spool").iterdir()))
+    received = sink.handler.mails()[0].data
+    assert received.endswith(big)  # after the Received: line apiguard adds
+    assert received[: -len(big)].startswith(b"Received: from ")

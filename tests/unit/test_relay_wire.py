@@ -10,7 +10,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apiguard.relay.smtp import wire_form
+from apiguard.relay.smtp import WireEncoder, wire_body, wire_form
 from apiguard.smtp.data import DataState, read_data
 
 
@@ -43,3 +43,17 @@ def test_examples() -> None:
     assert wire_form(b"a\n.\nb\r\n") == b"a\r\n..\r\nb\r\n.\r\n"
     letter = b"Subject: x\r\n\r\nligne\r\n.point\r\n"
     assert wire_form(letter) == b"Subject: x\r\n\r\nligne\r\n..point\r\n.\r\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"\xe9"]), max_size=40),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_the_streamed_wire_form_is_the_whole_one(parts: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(parts)
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    encoder = WireEncoder()
+    streamed = b"".join(encoder.feed(piece) for piece in pieces) + encoder.finish()
+    assert streamed == wire_body(data)
