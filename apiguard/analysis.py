@@ -40,6 +40,9 @@ OFF_LOOP_SIZE = 256 * 1024
 SIZE_CLASSES = (("letters", 64 * 1024), ("attachments", 2 * 1024 * 1024), ("big", None))
 
 
+BIG_NICE = 10
+
+
 def size_class(size: int) -> str:
     for name, limit in SIZE_CLASSES:
         if limit is None or size <= limit:
@@ -127,7 +130,8 @@ class Analyser:
         if self.workers <= 0:
             return
         self._pools = {
-            name: [self._new_worker() for _ in range(size)] for name, size in self._sizes.items()
+            name: [self._new_worker(name) for _ in range(size)]
+            for name, size in self._sizes.items()
         }
         try:
             await asyncio.gather(*(w.start() for pool in self._pools.values() for w in pool))
@@ -135,8 +139,14 @@ class Analyser:
             await self.stop()
             raise
 
-    def _new_worker(self) -> WorkerProcess:
-        return WorkerProcess("apiguard.analysis:setup_worker", self._settings_json)
+    def _new_worker(self, size_class: str = "letters") -> WorkerProcess:
+        # Big messages are analysed at a lower CPU priority: when the machine is
+        # busy, the letters (and the SMTP process) go first.
+        return WorkerProcess(
+            "apiguard.analysis:setup_worker",
+            self._settings_json,
+            nice=BIG_NICE if size_class == "big" else 0,
+        )
 
     async def analyse(self, raw: bytes, envelope: Envelope, now: float) -> Analysis:
         if not self._pools:
@@ -167,7 +177,7 @@ class Analyser:
         start); the old one is stopped in the background."""
         if worker not in pool:
             return  # another session replaced it already
-        fresh = self._new_worker()
+        fresh = self._new_worker(next(n for n, p in self._pools.items() if p is pool))
         pool[pool.index(worker)] = fresh
         for job in (fresh.start(), worker.stop(timeout=1.0)):
             task = asyncio.create_task(self._quietly(job))

@@ -117,13 +117,15 @@ def serve(
 
 
 def main() -> None:
-    """`python -m apiguard.worker MODULE:SETUP`: serve on stdin/stdout."""
+    """`python -m apiguard.worker MODULE:SETUP [NICE]`: serve on stdin/stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the SMTP process stops us
     _die_with_parent()
     # The protocol owns the real stdout; anything printed (even while modules
     # are imported) goes to stderr.
     answers = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
     os.dup2(2, 1)
+    if len(sys.argv) > 2 and int(sys.argv[2]):
+        os.nice(int(sys.argv[2]))  # a lower priority: see WorkerProcess
     module_name, _, setup_name = sys.argv[1].partition(":")
     module = __import__(module_name, fromlist=[setup_name])
     setup = getattr(module, setup_name)
@@ -137,9 +139,12 @@ def main() -> None:
 class WorkerProcess:
     """One worker process and the requests in flight to it."""
 
-    def __init__(self, setup: str, config: Any) -> None:
+    def __init__(self, setup: str, config: Any, *, nice: int = 0) -> None:
         self.setup = setup  # "module:function" run in the child with `config`
         self.config = config
+        # Added to the child's nice value: a worker for big messages yields the
+        # CPU to the SMTP process and the letters' worker when they need it.
+        self.nice = nice
         self.process: asyncio.subprocess.Process | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._numbers = itertools.count()
@@ -178,6 +183,7 @@ class WorkerProcess:
             "-m",
             "apiguard.worker",
             self.setup,
+            str(self.nice),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,

@@ -144,7 +144,7 @@ async def test_requests_in_flight_on_a_killed_analysis_worker_are_all_answered()
             self._pools = {}
             self._sizes = {"letters": 1, "attachments": 1, "big": 1}
 
-        def _new_worker(self) -> WorkerProcess:
+        def _new_worker(self, size_class: str = "letters") -> WorkerProcess:
             return WorkerProcess("tests.unit.test_worker:setup_slow_echo", None)
 
     analyser = EchoAnalyser()
@@ -163,3 +163,16 @@ async def test_requests_in_flight_on_a_killed_analysis_worker_are_all_answered()
         assert analyser._pools["letters"][0] is not victim
     finally:
         await analyser.stop()
+
+
+async def test_a_worker_can_run_at_a_lower_cpu_priority() -> None:
+    worker = WorkerProcess(SETUP, 1, nice=5)
+    await worker.start()
+    try:
+        assert worker.pid is not None
+        with open(f"/proc/{worker.pid}/stat") as stat:
+            nice = int(stat.read().rsplit(")", 1)[1].split()[16])
+        assert nice == os.nice(0) + 5
+        assert await worker.call(b"", 2) == 2
+    finally:
+        await worker.stop()
