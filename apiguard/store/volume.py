@@ -82,11 +82,6 @@ PRUNE_BATCH = 1000
 PRUNE_INTERVAL = 60.0
 
 
-# One `observe` call's arguments: message id, fingerprint, sender, recipients,
-# time and windows.
-Observation = tuple[str, str | None, str, Sequence[str], float, VolumeWindows]
-
-
 class VolumeStore:
     """Fan-out, duplicate, rate and known-correspondent state, sharing the
     `SqliteStore`'s connection and lock (so the same single store thread)."""
@@ -135,21 +130,8 @@ class VolumeStore:
     ) -> VolumeSnapshot:
         """Reserve this message's rows and return the counts including it and
         every earlier message not refused (pending ones too)."""
-        snapshot: VolumeSnapshot = self.observe_many(
-            [(message_id, fingerprint, sender, recipients, now, windows)]
-        )[0]
-        return snapshot
-
-    def observe_many(self, batch: Sequence[Observation]) -> list[VolumeSnapshot]:
-        """`observe` for several messages in one transaction, in order: each
-        one counts the ones before it, as if observed one by one."""
-        snapshots = []
         with self._transaction(durable=False) as db:
-            for message_id, fingerprint, sender, recipients, now, windows in batch:
-                snapshots.append(
-                    self.observe_in(db, message_id, fingerprint, sender, recipients, now, windows)
-                )
-        return snapshots
+            return self.observe_in(db, message_id, fingerprint, sender, recipients, now, windows)
 
     def observe_in(
         self,
@@ -161,6 +143,7 @@ class VolumeStore:
         now: float,
         windows: VolumeWindows,
     ) -> VolumeSnapshot:
+        """`observe` inside the caller's transaction (the pipeline's shared one)."""
         sender = normalise_address(sender)
         rcpts = sorted({normalise_address(r) for r in recipients if r.strip()})
         snapshot = self._snapshot(db, fingerprint, sender, rcpts, now, windows, counted=1)
