@@ -212,11 +212,22 @@ class WorkerProcess:
         await self.start()
         if timeout is None:
             return await self._request(args, blob)
+        # A timer rather than asyncio.wait_for: no extra task per message.
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            self.kill()  # what is in flight fails with WorkerLost
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
-            return await asyncio.wait_for(self._request(args, blob), timeout)
-        except TimeoutError:
-            self.kill()
-            raise WorkerTimeout(f"no answer in {timeout:.0f} s") from None
+            return await self._request(args, blob)
+        except WorkerLost:
+            if expired:
+                raise WorkerTimeout(f"no answer in {timeout:.0f} s") from None
+            raise
+        finally:
+            timer.cancel()
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

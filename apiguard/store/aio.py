@@ -93,11 +93,14 @@ class AsyncStore:
         then: FollowUp | None = None,
     ) -> Any:
         """Durably store one message (with its notices, and `then` run in the same
-        transaction); returns `then`'s result once committed. Shielded: a session
-        cancelled meanwhile (client gone, timeout) does not cut the accept in
-        two; the message is then stored without its 250, and the client's retry
-        makes a duplicate at worst, never a loss."""
-        return await asyncio.shield(self._accept(message, notices, then))
+        transaction); returns `then`'s result once committed. A session cancelled
+        meanwhile (client gone, timeout) does not cut an accept in two: the
+        write, once queued, is committed anyway (the message is stored without
+        its 250, and the client's retry makes a duplicate at worst, never a
+        loss); a big message's spool file and commit run shielded as one."""
+        if message.raw is not None and len(message.raw) > SPOOL_SIZE:
+            return await asyncio.shield(self._accept(message, notices, then))
+        return await self._accept(message, notices, then)
 
     async def _accept(
         self, message: NewMessage, notices: tuple[NewMessage, ...], then: FollowUp | None
