@@ -14,6 +14,7 @@ import random
 import re
 import resource
 import signal
+import socket
 import sqlite3
 import sys
 from collections import Counter
@@ -225,7 +226,7 @@ async def test_sigkill_at_random_moments_under_load_loses_nothing(tmp_path: Path
 
 
 @contextlib.asynccontextmanager
-async def answering_421(port: int) -> AsyncIterator[list[int]]:
+async def answering_421(sock: socket.socket) -> AsyncIterator[list[int]]:
     """A relay that greets every connection with 421 and hangs up."""
     greeted = [0]
 
@@ -236,7 +237,7 @@ async def answering_421(port: int) -> AsyncIterator[list[int]]:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(greet, "127.0.0.1", port)
+    server = await asyncio.start_server(greet, sock=sock)
     try:
         yield greeted
     finally:
@@ -247,7 +248,12 @@ async def answering_421(port: int) -> AsyncIterator[list[int]]:
 async def test_relay_refusing_then_busy_then_back_delivers_everything_in_order(
     storage: Path,
 ) -> None:
-    relay_port = free_port()
+    # The relay's port, bound but not listening: connections are refused, and no
+    # outgoing connection can take the port as its source port meanwhile.
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    relay_port = int(holder.getsockname()[1])
     settings = proxy_settings(storage, relay_port, ops={"port": 0})
     senders = [f"dr.sender{s}@medical13.apicrypt.org" for s in range(3)]
     accepted: dict[str, list[str]] = {s: [] for s in senders}
@@ -273,7 +279,7 @@ async def test_relay_refusing_then_busy_then_back_delivers_everything_in_order(
 
         await eventually(attempted, timeout=10)
         # 2. The relay answers 421 to every connection.
-        async with answering_421(relay_port) as greeted:
+        async with answering_421(holder) as greeted:
             await eventually(lambda: greeted[0] >= 3, timeout=10)
         # 3. The relay accepts.
         sink = Sink(relay_port)
