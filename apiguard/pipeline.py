@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -31,6 +32,7 @@ from apiguard.smtp import replies
 from apiguard.smtp.replies import Reply
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageKind, MessageState, NewMessage, StoreError
+from apiguard.store.sqlite import SPOOL_SIZE
 from apiguard.store.volume import VolumeStore
 from apiguard.volume import (
     NO_HISTORY,
@@ -47,6 +49,10 @@ log = structlog.get_logger("apiguard.pipeline")
 _INTERNAL_ERROR = replies.INTERNAL_ERROR
 T = TypeVar("T")
 # The state rules read the envelope and the counts, never the content.
+# What deciding and accepting a message gives: the decision, the stored message,
+# its notices, and the volume settlement's outcome (None without volume rules).
+Decided = tuple[Decision, NewMessage, tuple[NewMessage, ...], Any]
+
 _ENVELOPE_ONLY = ParsedMessage(headers=(), text="", attachments=(), defects=(), size=0)
 
 
@@ -134,34 +140,44 @@ class Pipeline:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
             metrics.record_error("evaluation")
             return _INTERNAL_ERROR
-        try:
-            snapshot = await self._observe(message_id, envelope, fingerprint, now)
-        except StoreError as error:
-            log.error("smtp.volume_failed", message_id=message_id, error=str(error)[:200])
-            metrics.record_error("store")
-            return replies.STORE_FAILED
-        try:
-            # The rules that read live state: volume counts, known correspondents.
-            when = datetime.fromtimestamp(now, UTC)
-            state = judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot)
-            decision = merge(content, state)
-        except Exception as error:
-            log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
-            metrics.record_error("evaluation")
-            await self._settle(message_id, envelope, snapshot, None, now)
-            return _INTERNAL_ERROR
         stored_raw = self._trace(message_id, peer, helo, now) + raw
-        message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
-        try:
-            # The volume counts are settled in the message's own transaction.
-            settled = await self.store.accept(
-                message, notices, self._settlement(message_id, envelope, snapshot, decision, now)
+        if (
+            self.volume is not None
+            and not envelope.is_notification
+            and len(stored_raw) <= SPOOL_SIZE
+        ):
+            # One store visit: reserve the counts, judge the rules that read live
+            # state and accept, in one transaction (a failure rolls it all back).
+            try:
+                decision, message, notices, settled = await self.store.write(
+                    functools.partial(
+                        self._decide_and_accept,
+                        message_id=message_id,
+                        envelope=envelope,
+                        fingerprint=fingerprint,
+                        content=content,
+                        stored_raw=stored_raw,
+                        now=now,
+                    ),
+                    durable=True,
+                )
+            except StoreError as error:
+                log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])
+                metrics.record_error("store")
+                return replies.STORE_FAILED
+            except Exception as error:
+                log.error(
+                    "smtp.evaluation_failed", message_id=message_id, error=type(error).__name__
+                )
+                metrics.record_error("evaluation")
+                return _INTERNAL_ERROR
+        else:
+            outcome = await self._decide_then_accept(
+                message_id, envelope, fingerprint, content, stored_raw, now
             )
-        except StoreError as error:
-            log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])
-            metrics.record_error("store")
-            await self._settle(message_id, envelope, snapshot, decision, now, stored=False)
-            return replies.STORE_FAILED
+            if isinstance(outcome, Reply):
+                return outcome
+            decision, message, notices, settled = outcome
         settled = settled or SettleOutcome()
         if message.state is MessageState.QUEUED or notices or settled.circuit_opened:
             self.on_queued()
@@ -186,6 +202,69 @@ class Pipeline:
             reply=reply.code,
         )
         return reply
+
+    def _decide_and_accept(
+        self,
+        db: sqlite3.Connection,
+        *,
+        message_id: str,
+        envelope: Envelope,
+        fingerprint: str | None,
+        content: Decision,
+        stored_raw: bytes,
+        now: float,
+    ) -> Decided:
+        """On the store thread, inside the shared write transaction."""
+        assert self.volume is not None
+        snapshot = self.volume.observe_in(
+            db, message_id, fingerprint, envelope.mail_from, envelope.rcpt_tos, now, self.windows
+        )
+        when = datetime.fromtimestamp(now, UTC)
+        decision = merge(content, judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot))
+        message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
+        settle = self._settlement(message_id, envelope, snapshot, decision, now)
+        settled = self.store.sync.accept_in(db, message, notices, settle)
+        return decision, message, notices, settled
+
+    async def _decide_then_accept(
+        self,
+        message_id: str,
+        envelope: Envelope,
+        fingerprint: str | None,
+        content: Decision,
+        stored_raw: bytes,
+        now: float,
+    ) -> Decided | Reply:
+        """Two store visits: for big messages (whose content is spooled to a file
+        once the decision is known) and when there is no volume store."""
+        try:
+            snapshot = await self._observe(message_id, envelope, fingerprint, now)
+        except StoreError as error:
+            log.error("smtp.volume_failed", message_id=message_id, error=str(error)[:200])
+            metrics.record_error("store")
+            return replies.STORE_FAILED
+        try:
+            # The rules that read live state: volume counts, known correspondents.
+            when = datetime.fromtimestamp(now, UTC)
+            state = judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot)
+            decision = merge(content, state)
+        except Exception as error:
+            log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
+            metrics.record_error("evaluation")
+            await self._settle(message_id, envelope, snapshot, None, now)
+            return _INTERNAL_ERROR
+        message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
+        try:
+            # The volume counts are settled in the message's own transaction.
+            settled = await self.store.accept(
+                message, notices, self._settlement(message_id, envelope, snapshot, decision, now)
+            )
+        except StoreError as error:
+            log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])
+            metrics.record_error("store")
+            await self._settle(message_id, envelope, snapshot, decision, now, stored=False)
+            return replies.STORE_FAILED
+        return decision, message, notices, settled
 
     async def _observe(
         self, message_id: str, envelope: Envelope, fingerprint: str | None, now: float

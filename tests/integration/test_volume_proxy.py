@@ -12,6 +12,7 @@ import aiosmtplib
 import pytest
 
 from apiguard.cli import main
+from apiguard.store.base import MessageState
 from apiguard.store.sqlite import SqliteStore
 from tests.support import Sink, eventually, letter, proxy_settings, running_proxy, send
 
@@ -158,3 +159,35 @@ async def test_delivered_addresses_are_remembered_across_restarts(
     async with running_proxy(settings) as app:
         assert DURAND in app.known
         assert json.dumps(sorted(app.volume.known_addresses())) == json.dumps([DURAND])
+
+
+async def test_a_failing_live_state_rule_answers_451_and_reserves_nothing(
+    sink: Sink, storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts are reserved, the live-state rules judged and the message
+    accepted in one transaction: a rule that raises (fault injected) rolls all
+    of it back, and the client gets a temporary failure to retry."""
+    import apiguard.pipeline
+
+    real_judge = apiguard.pipeline.judge
+    failures = [1]
+
+    def judge_once_broken(*args: object, **kwargs: object) -> object:
+        if failures:
+            failures.pop()
+            raise RuntimeError("injected rule failure")
+        return real_judge(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(apiguard.pipeline, "judge", judge_once_broken)
+    colleague = "dr.durand@medical69.apicrypt.org"
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await send(app.port, SENDER, [colleague], letter(1))
+        assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.0")
+        rows = app.store.sync._db.execute("SELECT COUNT(*) FROM volume_messages").fetchone()
+        assert rows[0] == 0  # nothing reserved: rolled back with the rest
+        assert app.store.sync.count_messages(MessageState.QUEUED) == 0
+        # The client's retry goes through, and is not counted as a duplicate.
+        _, reply = await send(app.port, SENDER, [colleague], letter(1))
+        assert reply.startswith("2.0.0 queued as")
+        await eventually(lambda: len(sink.handler.mails()) == 1)
