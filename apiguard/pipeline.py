@@ -203,6 +203,18 @@ class Pipeline:
         )
         return reply
 
+    def _decide(
+        self,
+        envelope: Envelope,
+        content: Decision,
+        snapshot: VolumeSnapshot | None,
+        now: float,
+    ) -> Decision:
+        """The content rules' decision completed by the rules that read live
+        state (volume counts, known correspondents)."""
+        when = datetime.fromtimestamp(now, UTC)
+        return merge(content, judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot))
+
     def _decide_and_accept(
         self,
         db: sqlite3.Connection,
@@ -219,8 +231,7 @@ class Pipeline:
         snapshot = self.volume.observe_in(
             db, message_id, fingerprint, envelope.mail_from, envelope.rcpt_tos, now, self.windows
         )
-        when = datetime.fromtimestamp(now, UTC)
-        decision = merge(content, judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot))
+        decision = self._decide(envelope, content, snapshot, now)
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         settle = self._settlement(message_id, envelope, snapshot, decision, now)
         settled = self.store.sync.accept_in(db, message, notices, settle)
@@ -244,10 +255,7 @@ class Pipeline:
             metrics.record_error("store")
             return replies.STORE_FAILED
         try:
-            # The rules that read live state: volume counts, known correspondents.
-            when = datetime.fromtimestamp(now, UTC)
-            state = judge(self.state_rules, envelope, _ENVELOPE_ONLY, when, snapshot)
-            decision = merge(content, state)
+            decision = self._decide(envelope, content, snapshot, now)
         except Exception as error:
             log.error("smtp.evaluation_failed", message_id=message_id, error=type(error).__name__)
             metrics.record_error("evaluation")

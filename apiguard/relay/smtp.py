@@ -48,14 +48,10 @@ END_OF_DATA = b".\r\n"
 def wire_body(data: bytes) -> bytes:
     """`wire_form` without the final lone dot (a 10 MB message is not copied
     once more to add three bytes); `data` itself when it needs no change."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _LINE_ENDS.sub(b"\r\n", data)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..")
+    encoder = WireEncoder()
+    body = encoder.feed(data)
+    end = encoder.finish()
+    return body + end if end else body
 
 
 class WireEncoder:

@@ -42,9 +42,7 @@ class DataResult:
 def unstuff(stuffed: bytes) -> bytes:
     """Remove the transparent dot that starts a line (RFC 5321 §4.5.2).
     `stuffed` is the data without the final ".<CRLF>"."""
-    if stuffed.startswith(b"."):
-        stuffed = stuffed[1:]
-    return stuffed.replace(b"\r\n.", b"\r\n")
+    return _unstuff_piece(stuffed, b"\r\n")  # the DATA line ended with CRLF
 
 
 def _unstuff_piece(piece: bytes, previous_tail: bytes) -> bytes:

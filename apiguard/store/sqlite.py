@@ -296,9 +296,7 @@ class SqliteStore:
 
     def accept(self, message: NewMessage, notices: tuple[NewMessage, ...] = ()) -> None:
         with self._transaction() as db:
-            self._insert(db, message)
-            for notice in notices:
-                self._insert(db, notice)
+            self.accept_in(db, message, notices)
 
     def accept_many(
         self,
@@ -421,16 +419,8 @@ class SqliteStore:
     ) -> None:
         """Record one attempt's outcome per recipient, the notices it causes, and
         finish the message (dropping its content) once every recipient is final."""
-        self.complete_many([(message_id, outcomes, notices, now)])
-
-    def complete_many(
-        self, batch: Sequence[tuple[str, list[RecipientOutcome], tuple[NewMessage, ...], float]]
-    ) -> list[None]:
-        """Group commit of several delivery attempts' outcomes."""
         with self._transaction() as db:
-            for message_id, outcomes, notices, now in batch:
-                self.complete_in(db, message_id, outcomes, notices, now)
-        return [None] * len(batch)
+            self.complete_in(db, message_id, outcomes, notices, now)
 
     def complete_in(
         self,

@@ -6,6 +6,7 @@ charter, and over the corpus no legitimate message is stopped while at least
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from email.utils import getaddresses
 from functools import cache
 from pathlib import Path
@@ -35,13 +36,21 @@ def envelope_for(row: dict[str, Any], message: ParsedMessage) -> Envelope:
     return Envelope(mail_from, rcpt_tos)
 
 
-@cache
-def decide(file: str) -> Decision:
-    row = next(r for r in ROWS if r["file"] == file)
-    message = parse_message((CORPUS / file).read_bytes())
-    return Charter.build().check_message(
-        envelope_for(row, message), message, include_recipient_rules=True
-    )
+def corpus_decider(corpus: Path, rows: list[dict[str, Any]]) -> Callable[[str], Decision]:
+    """The default charter's decision on a corpus file, by name (cached)."""
+
+    @cache
+    def decide(file: str) -> Decision:
+        row = next(r for r in rows if r["file"] == file)
+        message = parse_message((corpus / file).read_bytes())
+        return Charter.build().check_message(
+            envelope_for(row, message), message, include_recipient_rules=True
+        )
+
+    return decide
+
+
+decide = corpus_decider(CORPUS, ROWS)
 
 
 def test_corpus_is_large_and_balanced() -> None:

@@ -10,16 +10,14 @@ patient with a birth date: only a content rule can catch them."""
 from __future__ import annotations
 
 import tomllib
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apiguard.mail import parse_message
-from apiguard.policy.charter import Charter
-from apiguard.policy.verdict import Decision, Verdict
-from tests.unit.test_corpus import envelope_for
+from apiguard.policy.verdict import Verdict
+from tests.unit.test_corpus import corpus_decider, envelope_for
 from tests.unit.test_corpus_heldout import content_hits
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus_blind2"
@@ -53,13 +51,7 @@ CONTENT_MISSES: dict[str, str] = {
 }
 
 
-@cache
-def decide(file: str) -> Decision:
-    row = next(r for r in ROWS if r["file"] == file)
-    message = parse_message((CORPUS / file).read_bytes())
-    return Charter.build().check_message(
-        envelope_for(row, message), message, include_recipient_rules=True
-    )
+decide = corpus_decider(CORPUS, ROWS)
 
 
 def hits(file: str) -> list[str]:

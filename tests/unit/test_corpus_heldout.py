@@ -10,16 +10,13 @@ patient would otherwise be forwarded."""
 from __future__ import annotations
 
 import tomllib
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from apiguard.mail import parse_message
-from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
-from tests.unit.test_corpus import envelope_for
+from tests.unit.test_corpus import corpus_decider
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus_heldout"
 ROWS: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text("utf-8"))["message"]
@@ -29,13 +26,7 @@ ROWS: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text(
 MISSES: dict[str, str] = {}
 
 
-@cache
-def decide(file: str) -> Decision:
-    row = next(r for r in ROWS if r["file"] == file)
-    message = parse_message((CORPUS / file).read_bytes())
-    return Charter.build().check_message(
-        envelope_for(row, message), message, include_recipient_rules=True
-    )
+decide = corpus_decider(CORPUS, ROWS)
 
 
 def correct(row: dict[str, Any]) -> bool:
