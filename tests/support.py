@@ -81,6 +81,24 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     data_replies: list[str] = field(default_factory=list)  # consumed one per DATA
     refuse: dict[str, str] = field(default_factory=dict)  # rcpt -> reply
+    # Offered like most relays (Postfix does): apiguard then pipelines MAIL,
+    # RCPT and DATA (RFC 2920). False: a relay that does not.
+    pipelining: bool = True
+    ehlo_count: int = 0
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        self.ehlo_count += 1
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

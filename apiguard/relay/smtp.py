@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
-from aiosmtplib.protocol import SMTPProtocol
 
 from apiguard.config import RelaySettings
 from apiguard.relay.base import (
@@ -18,6 +19,7 @@ from apiguard.relay.base import (
     SpooledContent,
     connection_trouble,
 )
+from apiguard.relay.replies import ReplyReader
 
 
 def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
@@ -106,6 +108,8 @@ def _path(address: str, encoding: str) -> bytes:
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+# No command may carry a line end of its own (command injection).
+_CONTROL = re.compile(rb"[\r\n]")
 
 
 def _file_is_ascii(path: Path) -> bool:
@@ -116,20 +120,34 @@ def _file_is_ascii(path: Path) -> bool:
     return True
 
 
-async def _stream(protocol: SMTPProtocol, content: SpooledContent) -> None:
+async def _stream(write: Callable[[bytes], None], transport: Any, content: SpooledContent) -> None:
     """Send a spooled content in wire form, piece by piece as the connection
     drains: a 10 MB message holds neither 10 MB of memory nor the event loop."""
     encoder = WireEncoder()
-    transport = protocol.transport
     assert isinstance(transport, asyncio.WriteTransport)
     with content.path.open("rb") as handle:
         while piece := await asyncio.to_thread(handle.read, STREAM_PIECE):
-            protocol.write(encoder.feed(piece))
+            write(encoder.feed(piece))
             while transport.get_write_buffer_size() > STREAM_BUFFER:
                 if transport.is_closing():
                     raise aiosmtplib.SMTPServerDisconnected("connection lost while sending")
                 await asyncio.sleep(0.002)
-    protocol.write(encoder.finish())
+    write(encoder.finish())
+
+
+async def _send_body(
+    write: Callable[[bytes], None], transport: Any, wire: bytes | None, data: Content
+) -> None:
+    """The content in wire form and the end of data, after the 354."""
+    if wire is None:
+        assert isinstance(data, SpooledContent)
+        await _stream(write, transport, data)
+        write(END_OF_DATA)
+    elif len(wire) < OFF_LOOP_SIZE:
+        write(wire + END_OF_DATA)  # one send, not two
+    else:
+        write(wire)  # not copied once more for three bytes
+        write(END_OF_DATA)
 
 
 class SmtpRelay:
@@ -227,48 +245,118 @@ class SmtpRelay:
         if utf8:
             options.append("SMTPUTF8")
         encoding = "utf-8" if utf8 else "ascii"
+        # The addresses were parsed by our SMTP server already: they go as
+        # paths without aiosmtplib's second RFC 5322 parse.
+        mail = (
+            b"MAIL FROM:"
+            + _path(mail_from, encoding)
+            + b"".join(b" " + o.encode() for o in options)
+        )
+        rcpts = [b"RCPT TO:" + _path(rcpt, encoding) for rcpt in recipients]
+        if any(_CONTROL.search(command) for command in (mail, *rcpts)):
+            raise ValueError("a path contains a control character")
         try:
-            # The addresses were parsed by our SMTP server already: they go as
-            # paths without aiosmtplib's second RFC 5322 parse (its command
-            # check still refuses any CR or LF in them).
-            sent = await client.execute_command(
-                b"MAIL", b"FROM:" + _path(mail_from, encoding), *(o.encode() for o in options)
-            )
-            if sent.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, mail_from)
-            replies: dict[str, RelayReply] = {}
-            for rcpt in recipients:
-                answer = await client.execute_command(b"RCPT", b"TO:" + _path(rcpt, encoding))
-                if answer.code == 421:
-                    raise aiosmtplib.SMTPServerDisconnected(answer.message)
-                if answer.code not in (250, 251):
-                    replies[rcpt] = RelayReply(answer.code, answer.message)
-            if len(replies) == len(recipients):
-                await self._reset(client)
-                return SendResult(replies)
-            start = await client.execute_command(b"DATA")
-            if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
-            assert client.protocol is not None
-            if wire is None:
-                assert isinstance(data, SpooledContent)
-                await _stream(client.protocol, data)
-                client.protocol.write(END_OF_DATA)
-            elif len(wire) < OFF_LOOP_SIZE:
-                client.protocol.write(wire + END_OF_DATA)  # one send, not two
+            if client.supports_extension("pipelining"):
+                replies = await self._pipelined(client, mail, rcpts, recipients, wire, data)
             else:
-                client.protocol.write(wire)  # not copied once more for three bytes
-                client.protocol.write(END_OF_DATA)
-            done = await client.protocol.read_response(timeout=client.timeout)
-            if done.code != 250:
-                raise aiosmtplib.SMTPDataError(done.code, done.message)
+                replies = await self._one_by_one(client, mail, rcpts, recipients, wire, data)
         except aiosmtplib.SMTPResponseException as error:
-            if error.code == 421:
+            if error.code == 421 or not 200 <= error.code <= 599:
+                # Closing, or a reply that is not SMTP: try another connection.
                 raise aiosmtplib.SMTPServerDisconnected(error.message) from error
             await self._reset(client)
             return self._all(recipients, RelayReply(error.code, error.message))
+        if len(replies) == len(recipients):
+            await self._reset(client)
+            return SendResult(replies)
         accepted = RelayReply(250, "2.0.0 accepted")
         return SendResult({r: replies.get(r, accepted) for r in recipients})
+
+    @staticmethod
+    async def _one_by_one(
+        client: aiosmtplib.SMTP,
+        mail: bytes,
+        rcpts: list[bytes],
+        recipients: list[str],
+        wire: bytes | None,
+        data: Content,
+    ) -> dict[str, RelayReply]:
+        """A relay without PIPELINING: each command waits for its reply. The
+        refused recipients' replies; all of them when none was accepted (then
+        no DATA was sent). Raises `SMTPResponseException` for a refused MAIL,
+        DATA or content."""
+        sent = await client.execute_command(mail)
+        if sent.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, "")
+        replies: dict[str, RelayReply] = {}
+        for rcpt, command in zip(recipients, rcpts, strict=True):
+            answer = await client.execute_command(command)
+            if answer.code == 421:
+                raise aiosmtplib.SMTPServerDisconnected(answer.message)
+            if answer.code not in (250, 251):
+                replies[rcpt] = RelayReply(answer.code, answer.message)
+        if len(replies) == len(recipients):
+            return replies
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        assert protocol is not None
+        await _send_body(protocol.write, protocol.transport, wire, data)
+        done = await protocol.read_response(timeout=client.timeout)
+        if done.code != 250:
+            raise aiosmtplib.SMTPDataError(done.code, done.message)
+        return replies
+
+    @staticmethod
+    async def _pipelined(
+        client: aiosmtplib.SMTP,
+        mail: bytes,
+        rcpts: list[bytes],
+        recipients: list[str],
+        wire: bytes | None,
+        data: Content,
+    ) -> dict[str, RelayReply]:
+        """`_one_by_one` with PIPELINING (RFC 2920): MAIL, the RCPTs and DATA in
+        one write, then their replies in order; the content after the 354."""
+        assert client.protocol is not None
+        reader = ReplyReader.install(client.protocol)
+        reusable = False
+        try:
+            reader.write(b"\r\n".join((mail, *rcpts, b"DATA")) + b"\r\n")
+            sent = await reader.reply(client.timeout)
+            answers = [await reader.reply(client.timeout) for _ in rcpts]
+            start = await reader.reply(client.timeout)
+            if 421 in (sent.code, start.code, *(a.code for a in answers)):
+                raise aiosmtplib.SMTPServerDisconnected("the relay is closing the connection")
+            replies = {
+                rcpt: RelayReply(a.code, a.message)
+                for rcpt, a in zip(recipients, answers, strict=True)
+                if a.code not in (250, 251)
+            }
+            refused = sent.code != 250 or len(replies) == len(recipients)
+            if refused and start.code == 354:
+                # DATA was accepted for nothing: end it empty (RFC 2920 3.1).
+                reader.write(END_OF_DATA)
+                await reader.reply(client.timeout)
+            if sent.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, "")
+            if refused:
+                reusable = True
+                return replies
+            if start.code != 354:
+                reusable = True
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            await _send_body(reader.write, client.protocol.transport, wire, data)
+            done = await reader.reply(client.timeout)
+            reusable = True
+            if done.code != 250:
+                raise aiosmtplib.SMTPDataError(done.code, done.message)
+            return replies
+        finally:
+            clean = reader.uninstall()
+            if not (clean and reusable):
+                client.close()
 
     @staticmethod
     async def _reset(client: aiosmtplib.SMTP) -> None:
