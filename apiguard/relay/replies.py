@@ -57,6 +57,10 @@ class ReplyReader(asyncio.Protocol):
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
         self._transport.write(data)
 
+    def answered(self) -> bool:
+        """A reply (or the connection's end) is waiting to be read."""
+        return bool(self._replies) or self._error is not None
+
     async def reply(self, timeout: float | None) -> SMTPResponse:
         while not self._replies:
             if self._error is not None:
@@ -79,11 +83,11 @@ class ReplyReader(asyncio.Protocol):
             while (reply := self._parse()) is not None:
                 self._replies.append(reply)
         except ValueError:
-            self._fail(aiosmtplib.SMTPServerDisconnected("malformed reply from the relay"))
+            self._fail(aiosmtplib.SMTPResponseException(-1, "malformed reply from the relay"))
             self._transport.close()
             return
         if len(self._buffer) > MAX_REPLY:
-            self._fail(aiosmtplib.SMTPServerDisconnected("reply too long from the relay"))
+            self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long from the relay"))
             self._transport.close()
             return
         self._wake()
@@ -96,7 +100,11 @@ class ReplyReader(asyncio.Protocol):
         while (end := self._buffer.find(b"\n", offset)) != -1:
             line = bytes(self._buffer[offset : end + 1])
             offset = end + 1
-            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+            if (
+                not line[:3].isdigit()
+                or line[:1] not in b"2345"
+                or line[3:4] not in (b" ", b"-", b"\r", b"\n")
+            ):
                 raise ValueError("malformed reply")
             lines.append(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
             if line[3:4] != b"-":

@@ -109,7 +109,10 @@ def _path(address: str, encoding: str) -> bytes:
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 # No command may carry a line end of its own (command injection).
-_CONTROL = re.compile(rb"[\r\n]")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+BAD_ADDRESS = RelayReply(
+    553, "5.1.3 adresse invalide (caractere de controle) / address with a control character"
+)
 
 
 def _file_is_ascii(path: Path) -> bool:
@@ -120,34 +123,80 @@ def _file_is_ascii(path: Path) -> bool:
     return True
 
 
-async def _stream(write: Callable[[bytes], None], transport: Any, content: SpooledContent) -> None:
+async def _stream(
+    write: Callable[[bytes], None],
+    transport: Any,
+    content: SpooledContent,
+    timeout: float | None,
+    answered: Callable[[], bool],
+) -> bool:
     """Send a spooled content in wire form, piece by piece as the connection
-    drains: a 10 MB message holds neither 10 MB of memory nor the event loop."""
+    drains: a 10 MB message holds neither 10 MB of memory nor the event loop.
+    False when the relay answered before the end (a refusal mid-stream): the
+    rest is not sent. A relay that stops reading for `timeout` seconds is a
+    timeout, as a silent reply is."""
     encoder = WireEncoder()
     assert isinstance(transport, asyncio.WriteTransport)
+    loop = asyncio.get_running_loop()
     with content.path.open("rb") as handle:
         while piece := await asyncio.to_thread(handle.read, STREAM_PIECE):
+            if answered():
+                return False
             write(encoder.feed(piece))
-            while transport.get_write_buffer_size() > STREAM_BUFFER:
+            waiting = transport.get_write_buffer_size()
+            since = loop.time()
+            while waiting > STREAM_BUFFER:
+                if answered():  # a refusal, perhaps followed by the close
+                    return False
                 if transport.is_closing():
                     raise aiosmtplib.SMTPServerDisconnected("connection lost while sending")
                 await asyncio.sleep(0.002)
+                now, left = loop.time(), transport.get_write_buffer_size()
+                if left < waiting:
+                    waiting, since = left, now
+                elif timeout is not None and now - since > timeout:
+                    raise aiosmtplib.SMTPTimeoutError("the relay stopped reading the message")
+    if answered():
+        return False
     write(encoder.finish())
+    return True
 
 
 async def _send_body(
-    write: Callable[[bytes], None], transport: Any, wire: bytes | None, data: Content
-) -> None:
-    """The content in wire form and the end of data, after the 354."""
+    write: Callable[[bytes], None],
+    transport: Any,
+    wire: bytes | None,
+    data: Content,
+    timeout: float | None,
+    answered: Callable[[], bool] = lambda: False,
+) -> bool:
+    """The content in wire form and the end of data, after the 354; False
+    when the relay answered before the end (see `_stream`)."""
     if wire is None:
         assert isinstance(data, SpooledContent)
-        await _stream(write, transport, data)
+        if not await _stream(write, transport, data, timeout, answered):
+            return False
         write(END_OF_DATA)
     elif len(wire) < OFF_LOOP_SIZE:
         write(wire + END_OF_DATA)  # one send, not two
     else:
         write(wire)  # not copied once more for three bytes
         write(END_OF_DATA)
+    return True
+
+
+class _LostAfterData(aiosmtplib.SMTPServerDisconnected):
+    """The connection ended after the whole content was sent: the relay may
+    have taken it, so it is not sent again at once (the normal retry does)."""
+
+
+def _expect(reply: Any, *accepted: int) -> None:
+    """A reply other than `accepted` must be a refusal (4xx, 5xx): anything
+    else (another 2xx, a 3xx) means the replies are out of step, and must never
+    pass for a success."""
+    if reply.code in accepted:
+        return
+    raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
 
 
 class SmtpRelay:
@@ -199,15 +248,23 @@ class SmtpRelay:
                     return self._all(recipients, connection_trouble(type(error).__name__))
                 try:
                     result = await self._transaction(client, mail_from, recipients, data)
-                except aiosmtplib.SMTPServerDisconnected:
-                    # A pooled connection the relay had closed: retry once on a fresh one.
+                except aiosmtplib.SMTPServerDisconnected as error:
+                    # A pooled connection the relay had closed: retry once on a
+                    # fresh one, unless the content was sent whole already.
                     self._drop(client)
-                    if attempt == 0:
+                    if attempt == 0 and not isinstance(error, _LostAfterData):
                         continue
                     return self._all(recipients, connection_trouble("disconnected"))
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                     self._drop(client)
                     return self._all(recipients, connection_trouble(type(error).__name__))
+                except ValueError:
+                    # An address no SMTP command can carry: it never will.
+                    self._release(client)
+                    return self._all(recipients, BAD_ADDRESS)
+                except BaseException:
+                    self._drop(client)  # cancelled mid-transaction: never reused
+                    raise
                 self._release(client)
                 return result
         return self._all(recipients, connection_trouble("unavailable"))  # pragma: no cover
@@ -261,9 +318,13 @@ class SmtpRelay:
             else:
                 replies = await self._one_by_one(client, mail, rcpts, recipients, wire, data)
         except aiosmtplib.SMTPResponseException as error:
-            if error.code == 421 or not 200 <= error.code <= 599:
-                # Closing, or a reply that is not SMTP: try another connection.
+            if error.code == 421:
                 raise aiosmtplib.SMTPServerDisconnected(error.message) from error
+            if not 400 <= error.code <= 599:
+                # Not SMTP, or replies out of step: this connection is not
+                # trusted again, and the message is tried again later.
+                client.close()
+                return self._all(recipients, connection_trouble("unexpected reply"))
             await self._reset(client)
             return self._all(recipients, RelayReply(error.code, error.message))
         if len(replies) == len(recipients):
@@ -285,27 +346,26 @@ class SmtpRelay:
         refused recipients' replies; all of them when none was accepted (then
         no DATA was sent). Raises `SMTPResponseException` for a refused MAIL,
         DATA or content."""
-        sent = await client.execute_command(mail)
-        if sent.code != 250:
-            raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, "")
+        _expect(await client.execute_command(mail), 250)
         replies: dict[str, RelayReply] = {}
         for rcpt, command in zip(recipients, rcpts, strict=True):
             answer = await client.execute_command(command)
             if answer.code == 421:
                 raise aiosmtplib.SMTPServerDisconnected(answer.message)
             if answer.code not in (250, 251):
+                _expect(answer, *range(400, 600))
                 replies[rcpt] = RelayReply(answer.code, answer.message)
         if len(replies) == len(recipients):
             return replies
-        start = await client.execute_command(b"DATA")
-        if start.code != 354:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        _expect(await client.execute_command(b"DATA"), 354)
         protocol = client.protocol
         assert protocol is not None
-        await _send_body(protocol.write, protocol.transport, wire, data)
-        done = await protocol.read_response(timeout=client.timeout)
-        if done.code != 250:
-            raise aiosmtplib.SMTPDataError(done.code, done.message)
+        await _send_body(protocol.write, protocol.transport, wire, data, client.timeout)
+        try:
+            done = await protocol.read_response(timeout=client.timeout)
+        except aiosmtplib.SMTPServerDisconnected as error:
+            raise _LostAfterData(str(error)) from error
+        _expect(done, 250)
         return replies
 
     @staticmethod
@@ -321,7 +381,7 @@ class SmtpRelay:
         one write, then their replies in order; the content after the 354."""
         assert client.protocol is not None
         reader = ReplyReader.install(client.protocol)
-        reusable = False
+        in_step = False  # every reply read and nothing half-sent: reusable
         try:
             reader.write(b"\r\n".join((mail, *rcpts, b"DATA")) + b"\r\n")
             sent = await reader.reply(client.timeout)
@@ -329,33 +389,40 @@ class SmtpRelay:
             start = await reader.reply(client.timeout)
             if 421 in (sent.code, start.code, *(a.code for a in answers)):
                 raise aiosmtplib.SMTPServerDisconnected("the relay is closing the connection")
-            replies = {
-                rcpt: RelayReply(a.code, a.message)
-                for rcpt, a in zip(recipients, answers, strict=True)
-                if a.code not in (250, 251)
-            }
-            refused = sent.code != 250 or len(replies) == len(recipients)
+            refused = sent.code != 250 or not any(a.code in (250, 251) for a in answers)
             if refused and start.code == 354:
                 # DATA was accepted for nothing: end it empty (RFC 2920 3.1).
                 reader.write(END_OF_DATA)
                 await reader.reply(client.timeout)
-            if sent.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(sent.code, sent.message, "")
+            in_step = True
+            _expect(sent, 250)
+            replies: dict[str, RelayReply] = {}
+            for rcpt, answer in zip(recipients, answers, strict=True):
+                if answer.code not in (250, 251):
+                    _expect(answer, *range(400, 600))
+                    replies[rcpt] = RelayReply(answer.code, answer.message)
             if refused:
-                reusable = True
                 return replies
-            if start.code != 354:
-                reusable = True
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
-            await _send_body(reader.write, client.protocol.transport, wire, data)
-            done = await reader.reply(client.timeout)
-            reusable = True
-            if done.code != 250:
-                raise aiosmtplib.SMTPDataError(done.code, done.message)
+            _expect(start, 354)
+            in_step = False
+            whole = await _send_body(
+                reader.write, client.protocol.transport, wire, data, client.timeout, reader.answered
+            )
+            try:
+                done = await reader.reply(client.timeout)
+            except aiosmtplib.SMTPServerDisconnected as error:
+                if whole:
+                    raise _LostAfterData(str(error)) from error
+                raise
+            in_step = whole
+            if not whole:
+                # Refused in the middle: the refusal stands, the connection goes.
+                _expect(done, *range(400, 600))
+            _expect(done, 250)
             return replies
         finally:
             clean = reader.uninstall()
-            if not (clean and reusable):
+            if not (clean and in_step):
                 client.close()
 
     @staticmethod

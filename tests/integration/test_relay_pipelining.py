@@ -38,8 +38,17 @@ class ScriptedRelay:
     answer: Callable[[bytes], bytes]
     after_data: bytes = b"250 2.0.0 queued\r\n"
     pipelining: bool = True
+    # False: after the 354, read nothing more (a stalled relay); `early` is
+    # then sent at once instead of waiting for the end of data.
+    read_data: bool = True
+    early: bytes = b""
+    answer_rset: bool = True
     transactions: list[Transaction] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
     connections: int = 0
+    closed: int = 0
+    rset_seen: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
     server: asyncio.Server | None = None
 
@@ -48,12 +57,14 @@ class ScriptedRelay:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self.released.set()
         assert self.server is not None
         self.server.close()
         await self.server.wait_closed()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.append(writer)
         try:
             writer.write(b"220 relay.test ESMTP\r\n")
             await reader.readline()  # EHLO
@@ -65,7 +76,9 @@ class ScriptedRelay:
                     writer.write(b"221 bye\r\n")
                     return
                 if line == b"RSET\r\n":
-                    writer.write(b"250 ok\r\n")
+                    self.rset_seen = True
+                    if self.answer_rset:
+                        writer.write(b"250 ok\r\n")
                     continue
                 group = [line]
                 while self.pipelining and line != b"DATA\r\n":
@@ -85,6 +98,10 @@ class ScriptedRelay:
                         group.append(line)
                         writer.write(self.answer(line))
                     replies.append(self.answer(line))
+                if replies[-1].startswith(b"354") and not self.read_data:
+                    writer.write(self.early)
+                    await self.released.wait()  # reads nothing more until stopped
+                    return
                 if replies[-1].startswith(b"354"):
                     lines = []
                     while (line := await reader.readline()) != b".\r\n":
@@ -96,6 +113,7 @@ class ScriptedRelay:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self.closed += 1
             writer.close()
 
 
@@ -324,3 +342,148 @@ async def test_real_smtp_server_both_ways(sink: Sink, pipelining: bool) -> None:
     assert len(sink.handler.messages) == 2
     assert sink.handler.messages[0].data == MESSAGE
     assert sink.handler.ehlo_count == 1
+
+
+@pytest.mark.parametrize(
+    "answer_data",
+    [b"250 2.0.0 ok\r\n", b"252 2.1.5 maybe\r\n"],
+    ids=["data-answered-250", "rcpt-answered-252"],
+)
+async def test_replies_out_of_step_are_never_a_delivery(
+    relay_factory: Factory, answer_data: bytes
+) -> None:
+    """A 2xx where a refusal or the 354 was due (a stray line, a confused
+    relay) means the replies are out of step: a temporary failure, never a
+    message reported delivered that the relay never received."""
+
+    def answer(command: bytes) -> bytes:
+        if command.startswith(b"DATA") and answer_data.startswith(b"250"):
+            return answer_data
+        if command.startswith(b"RCPT") and answer_data.startswith(b"252"):
+            return answer_data
+        return accept_all(command)
+
+    relay = await relay_factory(answer=answer)
+    client = client_for(relay.port)
+    try:
+        result = await asyncio.wait_for(client.send("a@x.test", ["x@y.test"], MESSAGE), 10)
+        relay.answer = accept_all
+        after = await asyncio.wait_for(client.send("a@x.test", ["x@y.test"], MESSAGE), 10)
+    finally:
+        await client.close()
+    assert result.replies["x@y.test"].code == 451
+    assert not any(t.data and t.data != b".\r\n" for t in relay.transactions[:-1])
+    assert after.replies["x@y.test"].code == 250
+
+
+async def test_stray_extra_reply_is_not_read_as_the_next_message_s(
+    relay_factory: Factory,
+) -> None:
+    relay = await relay_factory(answer=accept_all, after_data=b"250 queued\r\n250 again\r\n")
+    client = client_for(relay.port)
+    try:
+        first = await client.send("a@x.test", ["x@y.test"], MESSAGE)
+        await asyncio.sleep(0.1)
+        second = await asyncio.wait_for(client.send("a@x.test", ["z@y.test"], MESSAGE), 10)
+    finally:
+        await client.close()
+    assert first.replies["x@y.test"].code == 250
+    # Either a fresh connection delivered it, or it is retried: never a false 250.
+    delivered = [t for t in relay.transactions if t.data and b"z@y.test" in b"".join(t.commands)]
+    assert (second.replies["z@y.test"].code == 250) == bool(delivered)
+
+
+async def test_connection_lost_after_the_content_is_not_resent_at_once(
+    relay_factory: Factory,
+) -> None:
+    relay = await relay_factory(answer=accept_all, after_data=b"")
+    client = client_for(relay.port)
+    relay_task = asyncio.current_task()
+    assert relay_task is not None
+
+    async def close_after_data() -> None:
+        await eventually_data(relay)
+        for writer in list(relay.writers):
+            writer.close()
+
+    closer = asyncio.create_task(close_after_data())
+    try:
+        result = await asyncio.wait_for(client.send("a@x.test", ["x@y.test"], MESSAGE), 10)
+    finally:
+        await closer
+        await client.close()
+    assert result.replies["x@y.test"].code == 451  # the normal retry sends it again
+    assert sum(1 for t in relay.transactions if t.data) == 1
+
+
+async def eventually_data(relay: ScriptedRelay) -> None:
+    for _ in range(500):
+        if any(t.data for t in relay.transactions):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no content reached the relay")
+
+
+async def test_relay_that_stops_reading_the_content_times_out(
+    relay_factory: Factory, tmp_path: Path
+) -> None:
+    body = b"Subject: gros\r\n\r\n" + b"x" * 998 + b"\r\n"
+    path = tmp_path / "spooled"
+    path.write_bytes(body * 30_000)  # 30 MB: more than the socket buffers hold
+    relay = await relay_factory(answer=accept_all, read_data=False)
+    client = SmtpRelay(
+        RelaySettings(host="127.0.0.1", port=relay.port, security="none", timeout=0.5)
+    )
+    try:
+        result = await asyncio.wait_for(
+            client.send("a@x.test", ["x@y.test"], SpooledContent(path, path.stat().st_size)), 20
+        )
+    finally:
+        await client.close()
+    assert result.replies["x@y.test"].code == 451
+    assert result.replies["x@y.test"].text.endswith("SMTPTimeoutError")  # not a read timeout
+
+
+async def test_refusal_in_the_middle_of_the_content_stands(
+    relay_factory: Factory, tmp_path: Path
+) -> None:
+    body = b"Subject: gros\r\n\r\n" + b"x" * 998 + b"\r\n"
+    path = tmp_path / "spooled"
+    path.write_bytes(body * 30_000)
+    relay = await relay_factory(
+        answer=accept_all, read_data=False, early=b"552 5.3.4 message too big\r\n"
+    )
+    client = client_for(relay.port)
+    try:
+        result = await asyncio.wait_for(
+            client.send("a@x.test", ["x@y.test"], SpooledContent(path, path.stat().st_size)), 20
+        )
+    finally:
+        await client.close()
+    assert result.replies["x@y.test"].code == 552
+
+
+async def test_cancelled_while_resetting_closes_the_connection(relay_factory: Factory) -> None:
+    def answer(command: bytes) -> bytes:
+        if command.startswith(b"RCPT"):
+            return b"550 5.1.1 unknown\r\n"
+        if command.startswith(b"DATA"):
+            return b"554 5.5.1 no valid recipients\r\n"
+        return accept_all(command)
+
+    relay = await relay_factory(answer=answer, answer_rset=False)
+    client = client_for(relay.port)
+    task = asyncio.create_task(client.send("a@x.test", ["x@y.test"], MESSAGE))
+    for _ in range(500):
+        if relay.rset_seen:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        if relay.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert relay.closed == 1  # the relay saw the connection end: nothing leaked
+    await client.close()
