@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +190,25 @@ class _LostAfterData(aiosmtplib.SMTPServerDisconnected):
     have taken it, so it is not sent again at once (the normal retry does)."""
 
 
-def _expect(reply: Any, *accepted: int) -> None:
+# A refusal: temporary (4xx) or permanent (5xx).
+REFUSAL = range(400, 600)
+
+
+def _expect(reply: Any, accepted: Container[int]) -> None:
     """A reply other than `accepted` must be a refusal (4xx, 5xx): anything
     else (another 2xx, a 3xx) means the replies are out of step, and must never
     pass for a success."""
     if reply.code in accepted:
         return
     raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
+
+
+def _recipient_refusal(answer: Any) -> RelayReply | None:
+    """A RCPT reply: None when the recipient is accepted, its refusal otherwise."""
+    if answer.code in (250, 251):
+        return None
+    _expect(answer, REFUSAL)
+    return RelayReply(answer.code, answer.message)
 
 
 class SmtpRelay:
@@ -346,18 +358,17 @@ class SmtpRelay:
         refused recipients' replies; all of them when none was accepted (then
         no DATA was sent). Raises `SMTPResponseException` for a refused MAIL,
         DATA or content."""
-        _expect(await client.execute_command(mail), 250)
+        _expect(await client.execute_command(mail), {250})
         replies: dict[str, RelayReply] = {}
         for rcpt, command in zip(recipients, rcpts, strict=True):
             answer = await client.execute_command(command)
             if answer.code == 421:
                 raise aiosmtplib.SMTPServerDisconnected(answer.message)
-            if answer.code not in (250, 251):
-                _expect(answer, *range(400, 600))
-                replies[rcpt] = RelayReply(answer.code, answer.message)
+            if (refusal := _recipient_refusal(answer)) is not None:
+                replies[rcpt] = refusal
         if len(replies) == len(recipients):
             return replies
-        _expect(await client.execute_command(b"DATA"), 354)
+        _expect(await client.execute_command(b"DATA"), {354})
         protocol = client.protocol
         assert protocol is not None
         await _send_body(protocol.write, protocol.transport, wire, data, client.timeout)
@@ -365,7 +376,7 @@ class SmtpRelay:
             done = await protocol.read_response(timeout=client.timeout)
         except aiosmtplib.SMTPServerDisconnected as error:
             raise _LostAfterData(str(error)) from error
-        _expect(done, 250)
+        _expect(done, {250})
         return replies
 
     @staticmethod
@@ -395,15 +406,14 @@ class SmtpRelay:
                 reader.write(END_OF_DATA)
                 await reader.reply(client.timeout)
             in_step = True
-            _expect(sent, 250)
+            _expect(sent, {250})
             replies: dict[str, RelayReply] = {}
             for rcpt, answer in zip(recipients, answers, strict=True):
-                if answer.code not in (250, 251):
-                    _expect(answer, *range(400, 600))
-                    replies[rcpt] = RelayReply(answer.code, answer.message)
+                if (refusal := _recipient_refusal(answer)) is not None:
+                    replies[rcpt] = refusal
             if refused:
                 return replies
-            _expect(start, 354)
+            _expect(start, {354})
             in_step = False
             whole = await _send_body(
                 reader.write, client.protocol.transport, wire, data, client.timeout, reader.answered
@@ -415,10 +425,11 @@ class SmtpRelay:
                     raise _LostAfterData(str(error)) from error
                 raise
             in_step = whole
+            # Answered in the middle, it can only be a refusal (it stands, and
+            # the connection goes).
+            _expect(done, {250} if whole else REFUSAL)
             if not whole:
-                # Refused in the middle: the refusal stands, the connection goes.
-                _expect(done, *range(400, 600))
-            _expect(done, 250)
+                raise aiosmtplib.SMTPDataError(done.code, done.message)
             return replies
         finally:
             clean = reader.uninstall()

@@ -398,8 +398,6 @@ async def test_connection_lost_after_the_content_is_not_resent_at_once(
 ) -> None:
     relay = await relay_factory(answer=accept_all, after_data=b"")
     client = client_for(relay.port)
-    relay_task = asyncio.current_task()
-    assert relay_task is not None
 
     async def close_after_data() -> None:
         await eventually_data(relay)
