@@ -287,14 +287,16 @@ def _run_of_one_width(raw: bytes, start: int, eol: bytes) -> int | None:
     width = newline + 1 - start
     if newline < 0 or width <= len(eol) or raw[newline + 1 - len(eol) : newline + 1] != eol:
         return None
-    lines = (len(raw) - start) // width
-    count = lines
-    # The last byte of each line, then the one before it: every line's end.
-    for offset in range(1, len(eol) + 1):
-        column = raw[start + width - offset : start + lines * width : width]
-        count = min(count, len(column) - len(column.lstrip(bytes([eol[-offset]]))))
-    if count < _RUN_MIN_LINES:
-        return None
+    # The last byte of each line, then the one before it: every line's end;
+    # first for 64 lines (a text paragraph fails here), then as far as it goes.
+    count = 0
+    for lines in (_RUN_MIN_LINES, (len(raw) - start) // width):
+        count = lines
+        for offset in range(1, len(eol) + 1):
+            column = raw[start + width - offset : start + lines * width : width]
+            count = min(count, len(column) - len(column.lstrip(bytes([eol[-offset]]))))
+        if count < _RUN_MIN_LINES:
+            return None
     end = start + count * width
     # Nothing but the alphabet besides those line ends (no other CR or LF).
     if raw[start:end].translate(None, _BASE64_ALPHABET) != eol * count:

@@ -377,6 +377,7 @@ class ApiguardTarget(Target):
                     "--rate",
                     "200",
                     "--subprocesses",
+                    "--threads",
                     "--output",
                     str(self.profile),
                 ],

@@ -20,6 +20,7 @@ from apiguard.relay.base import (
     connection_trouble,
 )
 from apiguard.relay.replies import ReplyReader
+from apiguard.smtp.data import transparent_dots
 
 
 def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
@@ -85,15 +86,25 @@ class WireEncoder:
     def _encode(self, data: bytes) -> bytes:
         if not data:
             return b""
-        crlf = data.count(b"\r\n")
-        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        if not _only_crlf(data):
             data = _LINE_ENDS.sub(b"\r\n", data)
         if self._line_start and data.startswith(b"."):
             data = b"." + data
-        data = data.replace(b"\r\n.", b"\r\n..")
+        data = transparent_dots(data, add=True)
         self._ended_line = self._line_start = data.endswith(b"\r\n")
         self._emitted = True
         return data
+
+
+def _only_crlf(data: bytes) -> bool:
+    """Every CR and LF of `data` is in a CRLF (mail usually is): with one-byte
+    counts and a split, quicker than counting a two-byte pattern. As many CRs
+    as LFs, and as many line breaks (CRLF, CR, LF each one) as LFs: no bare one."""
+    lf = data.count(b"\n")
+    if data.count(b"\r") != lf or data.endswith(b"\r"):
+        return False
+    unended = bool(data) and not data.endswith(b"\n")  # a last line without a line end
+    return len(data.splitlines()) == lf + unended
 
 
 OFF_LOOP_SIZE = 1024 * 1024

@@ -90,6 +90,8 @@ CLAIM_CONTENT_SIZE = 1024 * 1024
 # thread and unlinked in no time.
 SPOOL_SIZE = 1024 * 1024
 
+PAGE_SIZE = 16 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class WriteFailed:
@@ -142,6 +144,10 @@ class SqliteStore:
             )
             self._db.execute("PRAGMA busy_timeout = 30000")
             if not readonly:
+                # A new store only (an existing one keeps its size): a 200 KB
+                # letter fills 13 pages of 16 KiB instead of 50 of 4 KiB, which
+                # halves the CPU of writing it to the WAL and checkpointing it.
+                self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(SCHEMA)

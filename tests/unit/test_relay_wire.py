@@ -10,8 +10,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apiguard.relay.smtp import WireEncoder, wire_body, wire_form
-from apiguard.smtp.data import DataState, read_data
+from apiguard.relay.smtp import WireEncoder, _only_crlf, wire_body, wire_form
+from apiguard.smtp.data import DataState, read_data, transparent_dots
 
 
 def crlf(data: bytes) -> bytes:
@@ -57,3 +57,28 @@ def test_the_streamed_wire_form_is_the_whole_one(parts: list[bytes], cuts: list[
     encoder = WireEncoder()
     streamed = b"".join(encoder.feed(piece) for piece in pieces) + encoder.finish()
     assert streamed == wire_body(data)
+
+
+def reference_wire_body(data: bytes) -> bytes:
+    """`wire_body` as it was written first: three passes, whatever the data."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    data = b"." + data if data.startswith(b".") else data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    return data if not data or data.endswith(b"\r\n") else data + b"\r\n"
+
+
+PIECES = st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"..", b"x" * 30, b"\xe9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PIECES, max_size=400))
+def test_line_ends_and_dots_of_any_count_are_encoded_as_the_plain_passes_do(
+    parts: list[bytes],
+) -> None:
+    """Few dots and many dots (either side of the stepping threshold), clean
+    line ends and bare ones."""
+    data = b"".join(parts)
+    assert wire_body(data) == reference_wire_body(data)
+    assert transparent_dots(data, add=False) == data.replace(b"\r\n.", b"\r\n")
+    assert transparent_dots(data, add=True) == data.replace(b"\r\n.", b"\r\n..")
+    assert _only_crlf(data) == (data.count(b"\r\n") == data.count(b"\r") == data.count(b"\n"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from apiguard.smtp.data import DataResult, DataState, read_data, unstuff
+from apiguard.smtp.data import DataResult, DataState, _may_hold_a_long_line, read_data, unstuff
 
 
 def reference(stream: bytes, size_limit: int | None, line_limit: int) -> tuple[DataResult, bytes]:
@@ -198,3 +198,56 @@ def test_fast_address_path_agrees_where_it_applies(local: str, domain: str, rest
     assume(_SIMPLE_PATH.match(arg) is not None)
     ours, theirs = _smtp(64)
     assert ours._getaddr(arg) == theirs._getaddr(arg)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lengths=st.lists(
+        st.integers(min_value=0, max_value=1_200) | st.sampled_from([76, 996, 997, 998, 999]),
+        min_size=1,
+        max_size=40,
+    ),
+    bare=st.lists(st.integers(min_value=0, max_value=50_000), max_size=4),
+)
+def test_the_windowed_line_check_never_misses_a_long_line(
+    lengths: list[int], bare: list[int]
+) -> None:
+    """`_may_hold_a_long_line` may only say "no long line" when there is none
+    (production limit; lines with bare CR or LF inside, which do not end one)."""
+    limit = 998
+    data = bytearray(b"\r\n".join(b"x" * n for n in lengths) + b"\r\n")
+    for position in bare:
+        index = position % len(data)
+        if data[index : index + 1] == b"x":
+            data[index : index + 1] = b"\n" if position % 2 else b"\r"
+    data = bytes(data)
+    last = data.rfind(b"\r\n")
+    longest = max(map(len, data[:last].split(b"\r\n")))
+    if longest > limit:
+        assert _may_hold_a_long_line(data, 0, last, limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=900, max_value=1_100), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=4),
+)
+def test_long_lines_near_the_production_limit_read_as_aiosmtpd_reads_them(
+    lengths: list[int], cuts: list[int]
+) -> None:
+    data = b"".join(b"y" * n + b"\r\n" for n in [76] * 30 + lengths + [76] * 30)
+    stream = data + b".\r\nQUIT\r\n"
+    expected = reference(stream, None, 998)
+    got = asyncio.run(read(split(stream, cuts), None, 998, 256 * 1024))
+    assert got == expected
+
+
+def test_a_line_one_over_the_limit_is_seen_at_every_alignment() -> None:
+    limit = 998
+    for before in range(2, 1_300):  # the lines before it: `before` bytes with their CRLFs
+        data = b"z" * (before - 2) + b"\r\n" + b"x" * (limit + 1) + b"\r\n" + b"z" * 76 + b"\r\n"
+        last = data.rfind(b"\r\n")
+        assert _may_hold_a_long_line(data, 0, last, limit), before
+    # Usual lines (base64's 76 characters) are cleared without a closer look.
+    body = b"A" * 76 + b"\r\n"
+    assert not _may_hold_a_long_line(body * 3_000, 0, len(body) * 3_000 - 2, limit)
