@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,10 @@ SPOOL_SIZE = 1024 * 1024
 
 PAGE_SIZE = 16 * 1024
 
+# The contents just accepted are kept in memory, up to this much, for their
+# first delivery attempt: it then needs no read of the blob from the database.
+RECENT_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class WriteFailed:
@@ -129,6 +134,11 @@ class SqliteStore:
         # Spool files whose content the running transaction drops: unlinked
         # once it has committed.
         self._unlink_after_commit: list[str] = []
+        # Contents the running transaction inserts, then (once committed) the
+        # recent ones, oldest first: see RECENT_BYTES.
+        self._recent_after_commit: list[tuple[str, bytes]] = []
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
         # Run inside complete()'s transaction (apiguard.store.volume remembers
         # the addresses delivered to).
         self.completion_hooks: list[
@@ -182,18 +192,34 @@ class SqliteStore:
                     yield self._db
                 except BaseException:
                     self._unlink_after_commit.clear()
+                    self._recent_after_commit.clear()
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as error:
                 self._unlink_after_commit.clear()
+                self._recent_after_commit.clear()
                 raise StoreError(str(error)) from error
+            self._remember_recent()
             dropped, self._unlink_after_commit = self._unlink_after_commit, []
             for message_id in dropped:
                 # Committed already: a file that cannot go now goes at the next
                 # start (sweep_spool), it never fails the transaction.
                 with contextlib.suppress(OSError):
                     (self.spool / message_id).unlink(missing_ok=True)
+
+    def _remember_recent(self) -> None:
+        inserted, self._recent_after_commit = self._recent_after_commit, []
+        for message_id, raw in inserted:
+            self._recent[message_id] = raw
+            self._recent_bytes += len(raw)
+        while self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(self._recent.popitem(last=False)[1])
+
+    def _forget_recent(self, message_id: str) -> None:
+        raw = self._recent.pop(message_id, None)
+        if raw is not None:
+            self._recent_bytes -= len(raw)
 
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -240,6 +266,7 @@ class SqliteStore:
     def drop_content(self, db: sqlite3.Connection, message_id: str) -> None:
         """Delete a content inside the caller's transaction (its spool file
         goes once the transaction has committed)."""
+        self._forget_recent(message_id)
         db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
             self._unlink_after_commit.append(message_id)
@@ -283,6 +310,8 @@ class SqliteStore:
             db.execute(
                 "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
             )
+            if message.state is MessageState.QUEUED:
+                self._recent_after_commit.append((message.id, message.raw))
         rcpt_state = {
             MessageState.QUEUED: RecipientState.QUEUED,
             MessageState.HELD: RecipientState.HELD,
@@ -369,7 +398,7 @@ class SqliteStore:
             "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
             # A big content is read when its attempt starts, not claimed ahead.
             " m.created_at, m.kind, m.mail_from,"
-            " CASE WHEN length(d.raw) <= ? THEN d.raw END, m.seq"
+            " length(d.raw), m.seq"
             " FROM recipients r JOIN messages m ON m.id = r.message_id"
             " LEFT JOIN message_data d ON d.id = r.message_id"
             " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
@@ -381,7 +410,7 @@ class SqliteStore:
             " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
             " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
             " ORDER BY m.seq LIMIT ?",
-            (CLAIM_CONTENT_SIZE, *_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
+            (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
         ).fetchall()
         if not rows:
             return []
@@ -401,7 +430,7 @@ class SqliteStore:
                     created_at=row[5],
                     kind=MessageKind(row[6]),
                     mail_from=row[7],
-                    raw=bytes(row[8]) if row[8] is not None else None,
+                    raw=self._claimed_content(db, row[0], row[8]),
                     recipients=(),
                 )
         return [
@@ -415,6 +444,17 @@ class SqliteStore:
             )
             for job in jobs.values()
         ]
+
+    def _claimed_content(
+        self, db: sqlite3.Connection, message_id: str, size: int | None
+    ) -> bytes | None:
+        """A job's content: the one accepted a moment ago is in memory; another
+        one is read if it is small (a big one is read by the attempt itself)."""
+        raw = self._recent.get(message_id)
+        if raw is not None or size is None or size > CLAIM_CONTENT_SIZE:
+            return raw
+        row = db.execute("SELECT raw FROM message_data WHERE id = ?", (message_id,)).fetchone()
+        return bytes(row[0]) if row is not None else None
 
     def complete(
         self,

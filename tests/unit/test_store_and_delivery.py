@@ -10,6 +10,8 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import pytest
+
 from apiguard.config import DeliverySettings
 from apiguard.delivery import DeliveryWorker, backoff
 from apiguard.notices import NoticeIdentity
@@ -393,3 +395,56 @@ async def test_a_lost_content_fails_for_good_and_tells_the_sender(tmp_path: Path
     assert stored is not None
     assert {r.state for r in stored.recipients} == {RecipientState.FAILED}
     await store.close()
+
+
+def test_a_just_accepted_content_is_handed_to_delivery_from_memory(tmp_path: Path) -> None:
+    """Its first attempt needs no read of the blob; after a restart, or once
+    evicted, the database's copy is read, as before."""
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    # What is in memory is what the commit stored: the blob is not read again.
+    store._db.execute("UPDATE message_data SET raw = x'00' WHERE id = 'm1'")
+    assert [job.raw for job in store.claim_due(2000.0, 10)] == [letter(1)]
+    store.close()
+    reopened = SqliteStore(tmp_path)
+    reopened.recover_in_flight()
+    assert [job.raw for job in reopened.claim_due(2000.0, 10)] == [b"\x00"]
+    reopened.close()
+
+
+def test_a_content_whose_transaction_failed_is_not_remembered(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    with contextlib.suppress(RuntimeError), store._transaction() as db:
+        store.accept_in(db, new_message("m1"))
+        raise RuntimeError("disk full")
+    assert store.claim_due(2000.0, 10) == []
+    other = dataclasses.replace(new_message("m1"), raw=b"Subject: other\r\n\r\nx\r\n")
+    store.write_many([(lambda db: store.accept_in(db, other), True)])
+    store._db.execute("UPDATE message_data SET raw = x'01' WHERE id = 'm1'")
+    # Remembered from the transaction that committed, not from the one that failed.
+    assert [job.raw for job in store.claim_due(2000.0, 10)] == [other.raw]
+    store.close()
+
+
+def test_remembered_contents_are_bounded_and_dropped_when_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apiguard.store import sqlite as sqlite_store
+    from apiguard.store.base import RecipientOutcome
+
+    size = len(letter(1))
+    monkeypatch.setattr(sqlite_store, "RECENT_BYTES", 3 * size)
+    store = SqliteStore(tmp_path)
+    for n in range(5):
+        store.accept(new_message(f"m{n}"))
+    assert list(store._recent) == ["m2", "m3", "m4"]  # the oldest went first
+    assert store._recent_bytes == 3 * size
+    # Evicted ones are read from the database: every job has its content.
+    for n in range(5):  # in order of acceptance (same sender, same recipients)
+        assert [(job.message_id, job.raw) for job in store.claim_due(2000.0, 10)] == [
+            (f"m{n}", letter(1))
+        ]
+        outcomes = [RecipientOutcome(r, RecipientState.DELIVERED, "250 ok") for r in (A, B)]
+        store.complete(f"m{n}", outcomes, now=2000.0)
+    assert not store._recent and store._recent_bytes == 0
+    store.close()
