@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiguard.cli import main
 from apiguard.policy.verdict import Action, Decision, Finding
+from apiguard.store import volume as volume_module
 from apiguard.store.base import (
     MessageKind,
     MessageState,
@@ -517,3 +520,75 @@ def test_the_volume_tables_live_in_the_store_database(
         "volume_circuits",
         "volume_known",
     } <= tables
+
+
+# -- per-minute counts ---------------------------------------------------------
+
+MINUTE_EDGE = st.sampled_from([0.0, 1e-9, 1e-6, 0.5, 30.0, 59.5, 59.999999, 60.0 - 1e-9])
+
+
+def _counts_agree(db: sqlite3.Connection, sender: str, since: float) -> None:
+    args = {"sender": sender, "since": since}
+    by_rows = db.execute(volume_module._SENDER_COUNT_BY_ROWS, args).fetchone()[0]
+    assert db.execute(volume_module._SENDER_COUNT, args).fetchone()[0] == by_rows, since
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from([SENDER, "labo@biologie.apicrypt.org"]),
+            st.integers(min_value=0, max_value=30),
+            MINUTE_EDGE,
+        ),
+        max_size=60,
+    ),
+    forgotten=st.sets(st.integers(min_value=0, max_value=59), max_size=20),
+    prune_minute=st.none() | st.integers(min_value=0, max_value=30),
+    probes=st.lists(st.tuples(st.integers(min_value=-1, max_value=32), MINUTE_EDGE), max_size=8),
+)
+def test_rate_counts_from_minutes_are_the_counts_of_rows(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[str, int, float]],
+    forgotten: set[int],
+    prune_minute: int | None,
+    probes: list[tuple[int, float]],
+) -> None:
+    """Inserted, forgotten (refused) and pruned rows, with times on and around
+    minute boundaries: the count from the minutes is the count of the rows."""
+    sqlite = SqliteStore(tmp_path_factory.mktemp("minutes"))
+    volume = VolumeStore(sqlite)
+    with sqlite._transaction() as db:
+        for n, (sender, minute, offset) in enumerate(rows):
+            volume.observe_in(
+                db, f"m{n}", None, sender, [rcpt(1)], T0 + minute * 60 + offset, WINDOWS
+            )
+        volume._forget(db, [f"m{n}" for n in forgotten])
+        if prune_minute is not None:
+            volume._prune(db, T0 + prune_minute * 60, 1_000)
+    db = sqlite._db
+    for sender in (SENDER, "labo@biologie.apicrypt.org"):
+        for _, minute, offset in rows:
+            _counts_agree(db, sender, T0 + minute * 60 + offset)  # a row's own time
+        for minute, offset in probes:
+            _counts_agree(db, sender, T0 + minute * 60 + offset)
+    # No empty minute is kept.
+    assert db.execute("SELECT COUNT(*) FROM volume_sender_minutes WHERE n <= 0").fetchone()[0] == 0
+    sqlite.close()
+
+
+def test_a_store_from_before_the_minute_counts_gets_them_counted(tmp_path: Path) -> None:
+    sqlite = SqliteStore(tmp_path / "var")
+    sqlite._db.executescript(volume_module.VOLUME_SCHEMA)  # as an earlier version left it
+    sqlite._db.executemany(
+        "INSERT INTO volume_messages (message_id, sender, fingerprint, at) VALUES (?, ?, NULL, ?)",
+        [(f"m{n}", SENDER, T0 + n * 7.5) for n in range(40)],
+    )
+    volume = VolumeStore(sqlite)
+    snapshot = volume.observe("new", None, SENDER, [rcpt(1)], T0 + 300.0, WINDOWS)
+    assert snapshot.sender_day == 41
+    for since in (T0, T0 + 59.0, T0 + 60.0, T0 + 150.0, T0 + 299.0):
+        _counts_agree(sqlite._db, SENDER, since)
+    VolumeStore(sqlite)  # opening again counts nothing twice
+    _counts_agree(sqlite._db, SENDER, T0)
+    sqlite.close()
