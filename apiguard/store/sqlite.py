@@ -91,8 +91,6 @@ CLAIM_CONTENT_SIZE = 1024 * 1024
 # thread and unlinked in no time.
 SPOOL_SIZE = 1024 * 1024
 
-PAGE_SIZE = 16 * 1024
-
 # The contents just accepted are kept in memory, up to this much, for their
 # first delivery attempt: it then needs no read of the blob from the database.
 RECENT_BYTES = 16 * 1024 * 1024
@@ -154,10 +152,6 @@ class SqliteStore:
             )
             self._db.execute("PRAGMA busy_timeout = 30000")
             if not readonly:
-                # A new store only (an existing one keeps its size): a 200 KB
-                # letter fills 13 pages of 16 KiB instead of 50 of 4 KiB, which
-                # halves the CPU of writing it to the WAL and checkpointing it.
-                self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(SCHEMA)
