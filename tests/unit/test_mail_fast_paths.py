@@ -15,6 +15,7 @@ import email.message
 import email.parser
 import email.policy
 import random
+from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,20 +44,24 @@ def _stdlib(raw: bytes) -> email.message.Message:
     return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
 
 
-def _message(
-    payload: bytes,
-    *,
-    width: int,
-    eol: bytes,
-    damage: list[tuple[float, bytes]],
-    blank_lines: int,
-    trailer: bytes,
-    nested: bool,
-) -> bytes:
+@dataclass(frozen=True)
+class Shape:
+    """How a letter with a base64 attachment is laid out, and damaged."""
+
+    width: int = 76  # of the base64 lines
+    eol: bytes = b"\r\n"
+    damage: tuple[tuple[float, bytes], ...] = ()  # (where in the body, what replaces a byte)
+    blank_lines: int = 0  # more blank lines before the body
+    trailer: bytes = b""  # after the body, before the boundary
+    nested: bool = False  # the attachment in a nested multipart
+
+
+def _message(payload: bytes, shape: Shape) -> bytes:
+    width, eol = shape.width, shape.eol
     encoded = base64.b64encode(payload)
     body = b"".join(encoded[i : i + width] + eol for i in range(0, len(encoded), width))
     body = bytearray(body)
-    for where, what in damage:
+    for where, what in shape.damage:
         index = int(where * len(body))
         body[index : index + 1] = what
     text = ("Compte rendu de consultation, ligne de texte numéro {}." + "\n").format
@@ -71,11 +76,11 @@ def _message(
                 b"",
             ]
         )
-        + eol * blank_lines
+        + eol * shape.blank_lines
         + bytes(body)
-        + trailer
+        + shape.trailer
     )
-    if nested:
+    if shape.nested:
         part = (
             b"--B1"
             + eol
@@ -106,37 +111,23 @@ _DAMAGE = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    size=st.integers(min_value=9_000, max_value=40_000),
+_SHAPES = st.builds(
+    Shape,
     width=st.sampled_from([4, 8, 60, 64, 72, 76, 77, 100, 999, 1_200]),
     eol=st.sampled_from([b"\r\n", b"\n"]),
-    damage=st.lists(st.tuples(st.floats(0, 0.999), _DAMAGE), max_size=3),
+    damage=st.lists(st.tuples(st.floats(0, 0.999), _DAMAGE), max_size=3).map(tuple),
     blank_lines=st.integers(0, 2),
     trailer=st.sampled_from([b"", b"\r\n", b"\n", b"AAAA\r\n", b"AAA=\n", b"-- \r\n"]),
     nested=st.booleans(),
-    seed=st.integers(0, 2**16),
 )
-def test_the_fast_parse_is_the_stdlib_parse(
-    size: int,
-    width: int,
-    eol: bytes,
-    damage: list[tuple[float, bytes]],
-    blank_lines: int,
-    trailer: bytes,
-    nested: bool,
-    seed: int,
-) -> None:
-    payload = random.Random(seed).randbytes(size)
-    raw = _message(
-        payload,
-        width=width,
-        eol=eol,
-        damage=damage,
-        blank_lines=blank_lines,
-        trailer=trailer,
-        nested=nested,
-    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(min_value=9_000, max_value=40_000), shape=_SHAPES, seed=st.integers(0, 2**16)
+)
+def test_the_fast_parse_is_the_stdlib_parse(size: int, shape: Shape, seed: int) -> None:
+    raw = _message(random.Random(seed).randbytes(size), shape)
     fast, slow = _parse_mime(raw), _stdlib(raw)
     assert _shape(fast) == _shape(slow)
     for ours, theirs in zip(fast.walk(), slow.walk(), strict=True):
@@ -149,9 +140,7 @@ def test_the_fast_parse_is_the_stdlib_parse(
 def test_a_usual_attachment_is_found_as_one_run_in_both_line_end_styles() -> None:
     payload = random.Random(1).randbytes(150_000)
     for eol in (b"\r\n", b"\n"):
-        raw = _message(
-            payload, width=76, eol=eol, damage=[], blank_lines=0, trailer=b"", nested=False
-        )
+        raw = _message(payload, Shape(eol=eol))
         runs = list(_base64_runs(raw))
         assert len(runs) == 1
         start, end = runs[0]
@@ -164,15 +153,7 @@ def test_a_usual_attachment_is_found_as_one_run_in_both_line_end_styles() -> Non
 
 
 def test_a_damaged_run_is_left_to_the_exact_scan() -> None:
-    raw = _message(
-        random.Random(2).randbytes(60_000),
-        width=76,
-        eol=b"\r\n",
-        damage=[(0.5, b"-")],
-        blank_lines=0,
-        trailer=b"",
-        nested=False,
-    )
+    raw = _message(random.Random(2).randbytes(60_000), Shape(damage=((0.5, b"-"),)))
     runs = list(_base64_runs(raw))
     # The exact scan stops at the damaged line: the run before it is still hidden.
     assert runs
