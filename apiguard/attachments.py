@@ -27,7 +27,13 @@ from xml.etree import ElementTree
 
 import filetype  # type: ignore[import-untyped]
 from pypdf import PdfReader
-from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+from pypdf.generic import (
+    ArrayObject,
+    ByteStringObject,
+    DictionaryObject,
+    IndirectObject,
+    TextStringObject,
+)
 
 from apiguard.identity import PatientIdentity
 from apiguard.mail import ParsedMessage
@@ -627,10 +633,88 @@ def _pdf_has_text(reader: PdfReader, limits: AnalysisLimits) -> bool:
             if _PDF_TEXT_OPS.search(data):
                 return True
             continue
+        if contents is not None and found + _plainly_shown(page, contents) >= _SEARCHABLE:
+            return True
         found += sum(1 for char in page.extract_text() if char.isalnum())
-        if found >= 10:
+        if found >= _SEARCHABLE:
             return True
     return False
+
+
+_SEARCHABLE = 10  # letters and digits that make a PDF searchable
+# The standard fonts whose letters and digits are ASCII in every encoding below:
+# a string shown in one of them holds the letters and digits a text extraction
+# gives (Symbol and ZapfDingbats map them to other signs).
+_PLAIN_FONTS = frozenset(
+    f"/{family}{style}"
+    for family, styles in (
+        ("Helvetica", ("", "-Bold", "-Oblique", "-BoldOblique")),
+        ("Times", ("-Roman", "-Bold", "-Italic", "-BoldItalic")),
+        ("Courier", ("", "-Bold", "-Oblique", "-BoldOblique")),
+    )
+    for style in styles
+)
+_PLAIN_ENCODINGS = frozenset({"/WinAnsiEncoding", "/StandardEncoding", "/MacRomanEncoding"})
+_SHOW_TEXT = frozenset({b"Tj", b"'", b'"', b"TJ"})
+
+
+def _plain_font(font: Any) -> bool:
+    """A standard font used as such: no embedded program, no own encoding
+    table, no mapping to Unicode that could turn its letters into anything."""
+    font = font.get_object() if isinstance(font, IndirectObject) else font
+    if not isinstance(font, DictionaryObject):
+        return False
+    encoding = font.get("/Encoding")
+    return (
+        font.get("/Subtype") == "/Type1"
+        and font.get("/BaseFont") in _PLAIN_FONTS
+        and (encoding is None or encoding in _PLAIN_ENCODINGS)
+        and "/FontDescriptor" not in font
+        and "/ToUnicode" not in font
+    )
+
+
+def _ascii_alnum(item: Any) -> int:
+    """The ASCII letters and digits of a string operand, as written in the file."""
+    if isinstance(item, TextStringObject):
+        item = item.get_original_bytes()
+    elif not isinstance(item, ByteStringObject):
+        return 0  # a number (spacing) or a name
+    return len(item) - len(bytes(item).translate(None, _ASCII_ALNUM))
+
+
+_ASCII_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _plainly_shown(page: Any, contents: Any) -> int:
+    """The ASCII letters and digits a page shows in plain standard fonts: a
+    lower bound of what `extract_text()` gives, found without its layout work
+    (most text PDFs reach the threshold here; 0 when anything is unusual, and
+    `extract_text()` decides)."""
+    try:
+        fonts = page["/Resources"]["/Font"].get_object()
+        if not isinstance(fonts, DictionaryObject):
+            return 0
+        plain = {name for name, font in fonts.items() if _plain_font(font)}
+        count = 0
+        font = None
+        saved: list[Any] = []  # the font is part of the graphics state (q/Q)
+        for operands, operator in contents.operations:
+            if operator == b"Tf":
+                font = operands[0] if operands else None
+            elif operator == b"q":
+                saved.append(font)
+            elif operator == b"Q":
+                font = saved.pop() if saved else font
+            elif operator in _SHOW_TEXT and font in plain:
+                shown = operands[0] if operator != b'"' else operands[2]
+                for item in shown if isinstance(shown, ArrayObject) else (shown,):
+                    count += _ascii_alnum(item)
+                if count >= _SEARCHABLE:
+                    return count
+        return count
+    except Exception:  # anything unusual: extract_text() judges the page
+        return 0
 
 
 # --- zip containers (IHE XDM and the rest) --------------------------------
