@@ -585,9 +585,19 @@ def print_table(title: str, results: dict[str, list[Measurement]], big: bool) ->
 # -- profile -------------------------------------------------------------------
 
 
+# Threads that py-spy samples while they wait: the child watcher in waitpid(),
+# the store thread's executor in its queue's get() (a C call: no frame of its own).
+IDLE_FRAMES = frozenset(
+    {
+        "ThreadedChildWatcher._do_waitpid (asyncio/unix_events.py)",
+        "_worker (concurrent/futures/thread.py)",
+    }
+)
+
+
 def print_profile(path: Path, top: int = 5) -> None:
     """Top entries of a py-spy raw (collapsed stacks) profile: own time and
-    inclusive time per function."""
+    inclusive time per function, threads waiting idle left out."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -601,11 +611,11 @@ def print_profile(path: Path, top: int = 5) -> None:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
         frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
+        if not frames or frames[-1] in IDLE_FRAMES:
             continue
+        total += count
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
