@@ -134,6 +134,12 @@ def build_pdf(total_size: int, seed: int = 1) -> bytes:
         + b"\nendstream",
         b"<< /Title (Compte rendu) /Producer (apiguard bench) >>",
     ]
+    return pdf_file(objects, b"/Info 7 0 R ")
+
+
+def pdf_file(objects: list[bytes] | tuple[bytes, ...], trailer: bytes = b"") -> bytes:
+    """Objects 1..n with a classic cross-reference table; object 1 is the
+    catalog; `trailer` adds entries to the trailer dictionary."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -141,10 +147,10 @@ def build_pdf(total_size: int, seed: int = 1) -> bytes:
         out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 7 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
         len(objects) + 1,
+        trailer,
         xref,
     )
     return bytes(out)

