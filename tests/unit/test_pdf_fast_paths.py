@@ -520,13 +520,11 @@ def _attached_pdfs(root: Path) -> Iterator[tuple[str, bytes]]:
 
 
 TESTS = Path(__file__).resolve().parents[1]
-SHARED_CORPUS = Path("/work/shared/corpus")
 CORPUS_PDFS = [
     sample
     for name in ("corpus", "corpus_heldout", "corpus_blind2", "fixtures")
     for sample in _attached_pdfs(TESTS / name)
 ]
-SHARED_PDFS = list(_attached_pdfs(SHARED_CORPUS)) if SHARED_CORPUS.is_dir() else []
 SAMPLES = dict([*_hand_samples(), *_writer_samples(), *CORPUS_PDFS])
 TRUNCATED = {
     f"{name}-cut-{fraction}": content[: len(content) * fraction // 4]
@@ -547,13 +545,6 @@ def test_every_sample_is_judged_as_before(name: str) -> None:
 
 def test_the_corpus_letters_carry_pdfs() -> None:
     assert len(CORPUS_PDFS) >= 2  # the test above covers real attachments
-
-
-@pytest.mark.skipif(not SHARED_PDFS, reason="no PDF in /work/shared/corpus")
-@pytest.mark.parametrize("index", range(len(SHARED_PDFS)))
-def test_the_shared_corpus_is_judged_as_before(index: int) -> None:
-    _judged_as_before_or_readable(SHARED_PDFS[index][1])
-    _assert_plain_count_is_a_lower_bound(SHARED_PDFS[index][1])
 
 
 @pytest.mark.parametrize(
