@@ -84,7 +84,9 @@ def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
     """The body's words as the fingerprint sees them: case, spacing, punctuation,
     greetings, closing formulas, signature and the given tokens (recipient
     addresses) folded away."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    if not unicodedata.is_normalized("NFKC", text):  # a quick check: mail usually is
+        text = unicodedata.normalize("NFKC", text)
+    text = text.casefold()
     if "--" in text:  # a signature separator needs one (cheap test before the regex)
         text = _SIGNATURE_SEPARATOR.split(text, maxsplit=1)[0]
     kept: list[str] = []
