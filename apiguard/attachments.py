@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import string
 import xml.parsers.expat
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -683,7 +684,7 @@ def _ascii_alnum(item: Any) -> int:
     return len(item) - len(bytes(item).translate(None, _ASCII_ALNUM))
 
 
-_ASCII_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ASCII_ALNUM = (string.ascii_letters + string.digits).encode("ascii")
 
 
 def _plainly_shown(page: Any, contents: Any) -> int:

@@ -13,6 +13,7 @@ import email.parser
 import email.policy
 import html
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -250,7 +251,7 @@ def _is_attachment(part: email.message.Message, content_type: str) -> bool:
 # then puts the runs back into the payloads, with the same result (whichever
 # runs are replaced: a run left in place only costs time).
 _BASE64_RUN = re.compile(rb"(?m)^(?:[A-Za-z0-9+/=]++\r?\n){64,}")
-_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_BASE64_ALPHABET = (string.ascii_letters + string.digits + "+/=").encode("ascii")
 _RUN_MIN_LINES = 64
 _RUN_MAX_WIDTH = 1000
 _RUN_MARK = "APIGUARDBASE64RUN"

@@ -7,6 +7,7 @@ Files are created 0600 inside a 0700 folder: readable by the service user alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -129,12 +130,11 @@ class SqliteStore:
         self.path = self.directory / "apiguard.sqlite3"
         self.spool = self.directory / "spool"
         self._lock = threading.RLock()
-        # Spool files whose content the running transaction drops: unlinked
-        # once it has committed.
-        self._unlink_after_commit: list[str] = []
-        # Contents the running transaction inserts, then (once committed) the
-        # recent ones, oldest first: see RECENT_BYTES.
-        self._recent_after_commit: list[tuple[str, bytes]] = []
+        # What the running transaction does once it has committed (unlink the
+        # spool files of the contents it drops, remember the contents it
+        # inserts); dropped with it if it does not commit.
+        self._after_commit: list[Callable[[], None]] = []
+        # The contents just committed, oldest first: see RECENT_BYTES.
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_bytes = 0
         # Run inside complete()'s transaction (apiguard.store.volume remembers
@@ -185,28 +185,25 @@ class SqliteStore:
                 try:
                     yield self._db
                 except BaseException:
-                    self._unlink_after_commit.clear()
-                    self._recent_after_commit.clear()
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as error:
-                self._unlink_after_commit.clear()
-                self._recent_after_commit.clear()
                 raise StoreError(str(error)) from error
-            self._remember_recent()
-            dropped, self._unlink_after_commit = self._unlink_after_commit, []
-            for message_id in dropped:
-                # Committed already: a file that cannot go now goes at the next
-                # start (sweep_spool), it never fails the transaction.
-                with contextlib.suppress(OSError):
-                    (self.spool / message_id).unlink(missing_ok=True)
+            finally:
+                committed, self._after_commit = self._after_commit, []
+            for action in committed:  # reached only once committed
+                action()
 
-    def _remember_recent(self) -> None:
-        inserted, self._recent_after_commit = self._recent_after_commit, []
-        for message_id, raw in inserted:
-            self._recent[message_id] = raw
-            self._recent_bytes += len(raw)
+    def _unlink_spool(self, message_id: str) -> None:
+        # Committed already: a file that cannot go now goes at the next start
+        # (sweep_spool), it never fails the transaction.
+        with contextlib.suppress(OSError):
+            (self.spool / message_id).unlink(missing_ok=True)
+
+    def _remember_recent(self, message_id: str, raw: bytes) -> None:
+        self._recent[message_id] = raw
+        self._recent_bytes += len(raw)
         while self._recent_bytes > RECENT_BYTES:
             self._recent_bytes -= len(self._recent.popitem(last=False)[1])
 
@@ -263,7 +260,7 @@ class SqliteStore:
         self._forget_recent(message_id)
         db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
-            self._unlink_after_commit.append(message_id)
+            self._after_commit.append(functools.partial(self._unlink_spool, message_id))
 
     def sweep_spool(self) -> int:
         """Remove the spool files no message refers to (a crash between writing
@@ -305,7 +302,8 @@ class SqliteStore:
                 "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
             )
             if message.state is MessageState.QUEUED:
-                self._recent_after_commit.append((message.id, message.raw))
+                remember = functools.partial(self._remember_recent, message.id, message.raw)
+                self._after_commit.append(remember)
         rcpt_state = {
             MessageState.QUEUED: RecipientState.QUEUED,
             MessageState.HELD: RecipientState.HELD,
