@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from apiguard.mail import ParsedMessage
 
@@ -80,12 +80,28 @@ def _without_tokens(line: str, tokens: set[str]) -> str:
     return " ".join(word for word in line.split() if word.strip(_EDGE_PUNCTUATION) not in tokens)
 
 
+def _mentions(tokens: set[str]) -> Callable[[str], bool]:
+    """Whether a line holds one of `tokens`. A line holds one exactly when it
+    holds one that contains no other (an address holds its local part), so
+    only those are looked for: most often a single one."""
+    probes = [t for t in tokens if not any(o != t and o in t for o in tokens)]
+    if len(probes) == 1:
+        (probe,) = probes
+        return lambda line: probe in line
+    return lambda line: any(probe in line for probe in probes)
+
+
 def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
     """The body's words as the fingerprint sees them: case, spacing, punctuation,
     greetings, closing formulas, signature and the given tokens (recipient
     addresses) folded away."""
     if not unicodedata.is_normalized("NFKC", text):  # a quick check: mail usually is
-        text = unicodedata.normalize("NFKC", text)
+        # Only the lines that need it ("µg", "m²"): a line feed neither composes
+        # nor decomposes, so normalising line by line gives the same text.
+        text = "\n".join(
+            line if unicodedata.is_normalized("NFKC", line) else unicodedata.normalize("NFKC", line)
+            for line in text.split("\n")
+        )
     text = text.casefold()
     if "--" in text:  # a signature separator needs one (cheap test before the regex)
         text = _SIGNATURE_SEPARATOR.split(text, maxsplit=1)[0]
@@ -111,10 +127,8 @@ def normalised_text(text: str, fold_tokens: Iterable[str] = ()) -> str:
     folded = {token.casefold() for token in fold_tokens if len(token) >= 3}
     if any(token in body for token in folded):
         # Only a word containing a token can strip to it, and words never span lines.
-        body = " ".join(
-            _without_tokens(line, folded) if any(token in line for token in folded) else line
-            for line in kept
-        )
+        mentions = _mentions(folded)
+        body = " ".join(_without_tokens(line, folded) if mentions(line) else line for line in kept)
     # Words only: punctuation and spacing do not make another content.
     return " ".join(_WORD.findall(body))
 

@@ -141,6 +141,8 @@ def decode_header_value(raw: str) -> str:
         # Raw 8-bit header bytes (surrogate-escaped by the parser): decode them
         # like a body, UTF-8 first, then Windows-1252.
         raw = decode_text(raw.encode("ascii", "surrogateescape"), None)[0]
+    if "=?" not in raw and "\n" not in raw and "\r" not in raw:
+        return raw.strip()  # no encoded word, one line: what the two steps below give
     try:
         parts = email.header.decode_header(raw)
     except Exception:
@@ -154,8 +156,11 @@ def decode_header_value(raw: str) -> str:
     return _unfold("".join(out))
 
 
+_FOLD = re.compile(r"\s*[\r\n]+\s*")
+
+
 def _unfold(value: str) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
+    return _FOLD.sub(" ", value).strip()
 
 
 def html_to_text(markup: str) -> str:
@@ -309,8 +314,46 @@ def _run_of_one_width(raw: bytes, start: int, eol: bytes) -> int | None:
     return end
 
 
+# A line as the stdlib parser cuts it: it ends at CRLF, CR or LF.
+_PARSER_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
+# The stdlib parser's own tests (`email.feedparser.headerRE` and `NLCRE`, which
+# the tests compare): a header or continuation line, a blank line.
+_PARSER_HEADER = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
+_PARSER_BLANK = re.compile(r"\r\n|\r|\n")
+
+
+def _parse_single_part(text: str) -> email.message.Message | None:
+    """The stdlib parse of a message that is neither multipart nor message/*,
+    at the cost of its header section only; None for any other message.
+
+    For such a message the parser takes everything after the blank line that
+    ends the headers as the payload, one line at a time: here the header
+    section alone is parsed, found line by line with the parser's own tests,
+    and the rest is set as the payload, as it is."""
+    position = 0
+    while position < len(text):
+        line = _PARSER_LINE.match(text, position).group()  # type: ignore[union-attr]
+        if not _PARSER_HEADER.match(line):
+            if not _PARSER_BLANK.match(line):
+                return None  # a body with no blank line before it: a defect, the slow way
+            position += len(line)
+            break
+        if position and line.startswith("From "):
+            return None  # a misplaced Unix "From " line: the parser may move it to the body
+        position += len(line)
+    message = email.parser.Parser(policy=email.policy.compat32).parsestr(text[:position])
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(text[position:])
+    return message
+
+
 def _parse_mime(raw: bytes) -> email.message.Message:
     """`BytesParser(policy=compat32).parsebytes(raw)`, faster on attachments."""
+    # As BytesParser does: one character per byte, 8-bit bytes as surrogates.
+    single = _parse_single_part(raw.decode("ascii", "surrogateescape"))
+    if single is not None:
+        return single
     runs: dict[str, str] = {}
     pieces: list[str] = []
     position = 0

@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from itertools import compress
+from itertools import chain, compress
 
 PHRASES_RESOURCE = "phrases.toml"
 
@@ -68,13 +68,30 @@ class PhraseScore:
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # One indexed phrase: its tokens, its signal, its weight.
 _Entry = tuple[tuple[str, ...], str, float]
+# Texts up to this size are tokenised word by word, each distinct word once
+# (letters repeat their words); a bigger one in one pass.
+_BY_WORD_SIZE = 64 * 1024
+_WORDS_CACHED = 32 * 1024
 
 
 @functools.lru_cache(maxsize=16)
 def tokens(text: str) -> tuple[str, ...]:
     """Folded words and single punctuation marks: "20% de réduction" gives
     ("20", "%", "de", "reduction"). Cached: several rules score the same body."""
+    if len(text) > _BY_WORD_SIZE:
+        return _text_tokens(text)
+    # Neither folding nor a token reaches across white space: lower case looks
+    # no further than the word (white space is neither cased nor case-ignorable),
+    # decomposition and the other replacements are one character at a time, and
+    # white space that folding makes only separates tokens again.
+    return tuple(chain.from_iterable(map(_word_tokens, text.split())))
+
+
+def _text_tokens(text: str) -> tuple[str, ...]:
     return tuple(_TOKEN.findall(fold(text)))
+
+
+_word_tokens = functools.lru_cache(maxsize=_WORDS_CACHED)(_text_tokens)
 
 
 class PhraseBook:

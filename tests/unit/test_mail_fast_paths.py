@@ -1,16 +1,20 @@
-"""The parser's fast paths for attachments give exactly what the stdlib gives.
+"""The parser's fast paths give exactly what the stdlib gives.
 
 `_parse_mime` hides runs of base64 lines from the stdlib parser and puts them
-back; `_valid_base64_payload` decodes with a SIMD decoder. Both must be
-invisible: same tree, headers, payloads, preambles, epilogues, defects and
-decoded bytes as `BytesParser(policy=compat32)` and `get_payload(decode=True)`,
-whatever the line widths, line ends or damage.
+back, and parses only the header section of a message that is neither
+multipart nor message/*; `_valid_base64_payload` decodes with a SIMD decoder;
+`decode_header_value` skips the RFC 2047 decoder for plain one-line values.
+All must be invisible: same tree, headers, payloads, preambles, epilogues,
+defects and decoded bytes as `BytesParser(policy=compat32)` and
+`get_payload(decode=True)`, whatever the line widths, line ends or damage.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.feedparser
+import email.header
 import email.message
 import email.parser
 import email.policy
@@ -20,7 +24,17 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apiguard.mail import _base64_runs, _parse_mime, _valid_base64_payload, parse_message
+from apiguard.mail import (
+    _PARSER_BLANK,
+    _PARSER_HEADER,
+    _base64_runs,
+    _parse_mime,
+    _parse_single_part,
+    _unfold,
+    _valid_base64_payload,
+    decode_header_value,
+    parse_message,
+)
 
 
 def _shape(message: email.message.Message) -> list[object]:
@@ -194,3 +208,89 @@ def test_a_whole_quad_of_padding_is_still_accepted_as_binascii_does() -> None:
     message["Content-Transfer-Encoding"] = "base64"
     message.set_payload("RuWQ====")
     assert _valid_base64_payload(message) == b"F\xe5\x90"
+
+
+# -- messages that are neither multipart nor message/* --------------------------
+
+_HEADER_LINES = st.sampled_from(
+    [
+        "Subject: Compte rendu",
+        "From: a@b.fr",
+        "From a@b.fr Thu Nov 26 10:00:00 2026",  # a Unix "From " line
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Type: text/html",
+        "Content-Type: application/pdf",
+        "Content-Type: multipart/mixed; boundary=B",
+        "Content-Type: multipart/mixed",
+        "Content-Type: message/rfc822",
+        "Content-Type: message/delivery-status",
+        "Content-Type: text/plain; boundary=B",
+        "Content-Type: ???",
+        "Content-Transfer-Encoding: base64",
+        " continued",  # a continuation line
+        "\tcontinued",
+        ":empty name",
+        "X-Odd:",
+        "not a header",
+        "--B",
+        "",
+    ]
+)
+_BODY_LINES = st.sampled_from(
+    ["Cher confrère,", "", "--B", "--B--", "Subject: not a header here", "é\udce9", " ", "."]
+)
+
+
+@settings(max_examples=2_000, deadline=None)
+@given(
+    head=st.lists(_HEADER_LINES, max_size=8),
+    body=st.lists(_BODY_LINES, max_size=6),
+    eol=st.sampled_from(["\r\n", "\n", "\r"]),
+    odd_eols=st.lists(st.tuples(st.integers(0, 20), st.sampled_from(["\r\n", "\n", "\r"]))),
+    ending=st.sampled_from(["", "\n", "\r\n", "\r"]),
+)
+def test_a_single_part_message_parses_as_the_stdlib_parses_it(
+    head: list[str], body: list[str], eol: str, odd_eols: list[tuple[int, str]], ending: str
+) -> None:
+    lines = [*head, *body]
+    ends = [eol] * len(lines)
+    for index, other in odd_eols:  # mixed line ends
+        if index < len(ends):
+            ends[index] = other
+    text = "".join(line + end for line, end in zip(lines, ends, strict=True))
+    raw = (text[: -len(eol)] + ending if lines and not ending.startswith(eol) else text).encode(
+        "utf-8", "surrogateescape"
+    )
+    assert _shape(_parse_mime(raw)) == _shape(_stdlib(raw))
+    single = _parse_single_part(raw.decode("ascii", "surrogateescape"))
+    if single is not None:  # when it answers, it answers what the stdlib does
+        assert _shape(single) == _shape(_stdlib(raw))
+        assert single.get_unixfrom() == _stdlib(raw).get_unixfrom()
+
+
+def test_the_header_section_is_found_with_the_stdlib_parser_s_own_tests() -> None:
+    assert _PARSER_HEADER.pattern == email.feedparser.headerRE.pattern  # type: ignore[attr-defined]
+    assert _PARSER_BLANK.pattern == email.feedparser.NLCRE.pattern  # type: ignore[attr-defined]
+
+
+def test_a_plain_letter_takes_the_single_part_path_and_a_multipart_one_does_not() -> None:
+    letter = b"Subject: x\r\nContent-Type: text/plain\r\n\r\nCher confr\xc3\xa8re,\r\n"
+    parsed = _parse_single_part(letter.decode("ascii", "surrogateescape"))
+    assert parsed is not None
+    assert parsed._payload == "Cher confr\udcc3\udca8re,\r\n"  # the parser's own string
+    multipart = _message(b"%PDF", Shape())
+    assert _parse_single_part(multipart.decode("ascii", "surrogateescape")) is None
+    no_blank_line = b"Subject: x\r\nnot a header\r\nbody\r\n"
+    assert _parse_single_part(no_blank_line.decode("ascii")) is None
+    assert _shape(_parse_mime(no_blank_line)) == _shape(_stdlib(no_blank_line))
+
+
+@settings(max_examples=2_000)
+@given(st.text(st.sampled_from(list('ab é=?\t\x0b\u2028\u00a0\udce9,<>"()')) | st.characters()))
+def test_a_plain_header_value_decodes_as_the_rfc_2047_decoder_reads_it(value: str) -> None:
+    if "=?" in value or "\n" in value or "\r" in value:
+        return
+    # What the RFC 2047 path gives for a value without an encoded word.
+    if not (not value.isascii() and any("\udc80" <= c <= "\udcff" for c in value)):
+        assert email.header.decode_header(value) == [(value, None)]
+        assert decode_header_value(value) == _unfold(value)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import getaddresses
 from typing import Annotated
 
@@ -16,13 +17,26 @@ from apiguard.policy.rules.art1 import ScoredPhrasesParams, ScoredPhrasesRule, s
 from apiguard.policy.verdict import Action, Finding
 
 _RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+# A bare address of dot-atoms (RFC 5322 3.4.1), which the address parser
+# returns as it is: no display name, quote, comment or route to read.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_BARE_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*")
+
+
+def _header_addresses(values: list[str]) -> list[str]:
+    """The addresses in To/Cc/Bcc values, as `getaddresses` reads them; lists
+    of bare addresses (what practice software writes) without its parser."""
+    items = [item.strip() for value in values for item in value.split(",")]
+    if all(_BARE_ADDRESS.fullmatch(item) for item in items if item):
+        return [item for item in items if item]
+    return [address for _, address in getaddresses(values)]
 
 
 def distinct_recipients(ctx: MessageContext) -> set[str]:
     """Envelope recipients and To/Cc/Bcc addresses, compared case-insensitively."""
     addresses = {a.strip().lower() for a in ctx.envelope.rcpt_tos}
     values = [v for name in _RECIPIENT_HEADERS for v in ctx.message.header_all(name)]
-    addresses.update(address.strip().lower() for _, address in getaddresses(values))
+    addresses.update(address.strip().lower() for address in _header_addresses(values))
     return {a for a in addresses if "@" in a}
 
 
