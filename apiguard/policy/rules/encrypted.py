@@ -27,7 +27,8 @@ _VOLUME_RULES = frozenset({"art3.too-large"})
 
 def apicrypt_encrypted(message: ParsedMessage) -> bool:
     """The body carries the `$APICRYPT` marker or an attachment is an `.apz`."""
-    if _APICRYPT_MARKER.search(message.text):
+    text = message.text
+    if "$APICRYPT" in text and _APICRYPT_MARKER.search(text):  # a quick test first
         return True
     return any(a.extension == ENCRYPTED_ATTACHMENT_EXTENSION for a in message.attachments)
 
