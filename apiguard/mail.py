@@ -320,9 +320,20 @@ _PARSER_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
 # the tests compare): a header or continuation line, a blank line.
 _PARSER_HEADER = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
 _PARSER_BLANK = re.compile(r"\r\n|\r|\n")
+# The same on the raw bytes: the parser reads one character per byte, and
+# every character these look for is ASCII.
+_RAW_LINE, _RAW_HEADER, _RAW_BLANK = (
+    re.compile(pattern.pattern.encode("ascii"))
+    for pattern in (_PARSER_LINE, _PARSER_HEADER, _PARSER_BLANK)
+)
 
 
-def _parse_single_part(text: str) -> email.message.Message | None:
+def _as_parsed(raw: bytes) -> str:
+    """As BytesParser does: one character per byte, 8-bit bytes as surrogates."""
+    return raw.decode("ascii", "surrogateescape")
+
+
+def _parse_single_part(raw: bytes) -> email.message.Message | None:
     """The stdlib parse of a message that is neither multipart nor message/*,
     at the cost of its header section only; None for any other message.
 
@@ -331,27 +342,29 @@ def _parse_single_part(text: str) -> email.message.Message | None:
     section alone is parsed, found line by line with the parser's own tests,
     and the rest is set as the payload, as it is."""
     position = 0
-    while position < len(text):
-        line = _PARSER_LINE.match(text, position).group()  # type: ignore[union-attr]
-        if not _PARSER_HEADER.match(line):
-            if not _PARSER_BLANK.match(line):
+    while position < len(raw):
+        line = _RAW_LINE.match(raw, position).group()  # type: ignore[union-attr]
+        if not _RAW_HEADER.match(line):
+            if not _RAW_BLANK.match(line):
                 return None  # a body with no blank line before it: a defect, the slow way
             position += len(line)
             break
-        if position and line.startswith("From "):
+        if position and line.startswith(b"From "):
             return None  # a misplaced Unix "From " line: the parser may move it to the body
         position += len(line)
-    message = email.parser.Parser(policy=email.policy.compat32).parsestr(text[:position])
+    if b"multipart/" in raw[:position].lower():
+        return None  # not parsed twice: most likely multipart
+    head = _as_parsed(raw[:position])
+    message = email.parser.Parser(policy=email.policy.compat32).parsestr(head)
     if message.get_content_maintype() in ("multipart", "message"):
         return None
-    message.set_payload(text[position:])
+    message.set_payload(_as_parsed(raw[position:]))
     return message
 
 
 def _parse_mime(raw: bytes) -> email.message.Message:
     """`BytesParser(policy=compat32).parsebytes(raw)`, faster on attachments."""
-    # As BytesParser does: one character per byte, 8-bit bytes as surrogates.
-    single = _parse_single_part(raw.decode("ascii", "surrogateescape"))
+    single = _parse_single_part(raw)
     if single is not None:
         return single
     runs: dict[str, str] = {}
@@ -363,11 +376,10 @@ def _parse_mime(raw: bytes) -> email.message.Message:
             eol = "\r\n" if run.endswith("\r\n") else "\n"
             mark = f"{_RUN_MARK}{len(runs)}Z"  # no mark is a prefix of another
             runs[mark] = run[: -len(eol)]
-            pieces.append(raw[position:start].decode("ascii", "surrogateescape"))
+            pieces.append(_as_parsed(raw[position:start]))
             pieces.append(mark + eol)
             position = end
-    # As BytesParser does: one character per byte, 8-bit bytes as surrogates.
-    pieces.append(raw[position:].decode("ascii", "surrogateescape"))
+    pieces.append(_as_parsed(raw[position:]))
     message = email.parser.Parser(policy=email.policy.compat32).parsestr("".join(pieces))
     if runs:
         for part in message.walk():
