@@ -3,7 +3,8 @@
 - phrase tokens are read word by word, each distinct word once (`tokens`);
 - the fingerprint normalises (NFKC) only the lines that need it, and looks
   for the recipient tokens that contain no other (`_mentions`);
-- lists of bare addresses in To/Cc/Bcc are read without the address parser.
+- lists of bare addresses in To/Cc/Bcc are read without the address parser;
+- a subject with no accent is folded without looking for combining marks.
 
 Each is checked against the plain pass over text built to find the edges:
 final sigma, combining marks, compatibility characters that decompose to
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from apiguard.fingerprint import _mentions
 from apiguard.phrases import _text_tokens, tokens
 from apiguard.policy.rules.art2 import _header_addresses
+from apiguard.policy.rules.privacy import _fold_keep_punctuation
 
 _EDGES = list(
     "aAzZ0_ .,;'%€$-"
@@ -89,3 +91,11 @@ def test_a_display_name_or_a_comment_goes_through_the_address_parser() -> None:
     values = ["Dr Martin <dr.martin@medical69.apicrypt.org>, labo@x.fr (résultats)"]
     assert _header_addresses(values) == ["dr.martin@medical69.apicrypt.org", "labo@x.fr"]
     assert _header_addresses(["a@b.fr,c.d@e.fr"]) == ["a@b.fr", "c.d@e.fr"]
+
+
+@settings(max_examples=3_000)
+@given(_TEXT)
+def test_a_subject_folds_as_when_every_character_is_looked_at(subject: str) -> None:
+    decomposed = unicodedata.normalize("NFKD", subject)
+    every = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    assert _fold_keep_punctuation(subject) == every

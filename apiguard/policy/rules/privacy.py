@@ -59,13 +59,13 @@ _NIR_SHAPED = re.compile(
 
 def fold(text: str) -> str:
     """Lower case, accents removed, every non-alphanumeric run a single space."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return re.sub(r"[^0-9a-z]+", " ", plain).strip()
+    return re.sub(r"[^0-9a-z]+", " ", _fold_keep_punctuation(text)).strip()
 
 
 def _fold_keep_punctuation(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
+    if decomposed.isascii():  # no combining mark to drop (most subjects)
+        return decomposed.casefold()
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
