@@ -35,7 +35,7 @@ _EDGES = list(
 _TEXT = st.text(st.sampled_from(_EDGES) | st.characters(), max_size=60)
 
 
-@settings(max_examples=5_000, deadline=None)
+@settings(max_examples=1_500, deadline=None)
 @given(_TEXT)
 def test_tokens_read_word_by_word_are_the_tokens_of_the_whole_text(text: str) -> None:
     tokens.cache_clear()
@@ -50,7 +50,7 @@ def test_a_long_text_is_tokenised_in_one_pass_with_the_same_result() -> None:
     assert tokens(text)[:5] == ("soiree", "fmc", ":", "inscrivez", "-")
 
 
-@settings(max_examples=5_000, deadline=None)
+@settings(max_examples=1_500, deadline=None)
 @given(st.lists(_TEXT, max_size=5))
 def test_normalising_line_by_line_is_normalising_the_text(lines: list[str]) -> None:
     text = "\n".join(lines)
@@ -65,7 +65,7 @@ _TOKENS = st.sets(
 )
 
 
-@settings(max_examples=3_000)
+@settings(max_examples=1_500)
 @given(_TOKENS, st.text(st.sampled_from(list("ab.@ dr.martin@labo")), max_size=30))
 def test_a_line_mentions_a_token_exactly_when_it_holds_one(tokens: set[str], line: str) -> None:
     if tokens:
@@ -77,7 +77,7 @@ _BARE = st.builds(lambda a, b, c: f"{a}.{b}@{c}.fr", _ATOM, _ATOM, _ATOM)
 _ANY = st.text(st.sampled_from(list("aZ09!#$%&'*+/=?^_`{|}~-.@ ,;:<>\"()[]\\\t")), max_size=14)
 
 
-@settings(max_examples=5_000, deadline=None)
+@settings(max_examples=1_500, deadline=None)
 @given(st.lists(st.lists(_BARE | _ANY, max_size=3).map(", ".join), max_size=3))
 def test_bare_address_lists_read_as_the_address_parser_reads_them(values: list[str]) -> None:
     def seen(addresses: list[str]) -> set[str]:
@@ -93,7 +93,7 @@ def test_a_display_name_or_a_comment_goes_through_the_address_parser() -> None:
     assert _header_addresses(["a@b.fr,c.d@e.fr"]) == ["a@b.fr", "c.d@e.fr"]
 
 
-@settings(max_examples=3_000)
+@settings(max_examples=1_500)
 @given(_TEXT)
 def test_a_subject_folds_as_when_every_character_is_looked_at(subject: str) -> None:
     decomposed = unicodedata.normalize("NFKD", subject)
