@@ -32,6 +32,7 @@ from apiguard.store.base import (
     StoredMessage,
     StoreError,
 )
+from apiguard.store.segments import SEGMENT_MIN, Segments, segment_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS message_files (
     id TEXT PRIMARY KEY,
     size INTEGER NOT NULL
 );
+-- Queued contents over SEGMENT_MIN (up to SPOOL_SIZE) live in segment files.
+CREATE TABLE IF NOT EXISTS message_segments (
+    id TEXT PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_segments_segment ON message_segments(segment);
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL,
     rcpt TEXT NOT NULL,
@@ -129,6 +138,7 @@ class SqliteStore:
         self.directory = Path(directory)
         self.path = self.directory / "apiguard.sqlite3"
         self.spool = self.directory / "spool"
+        self.segments = Segments(self.spool)
         self._lock = threading.RLock()
         # What the running transaction does once it has committed (unlink the
         # spool files of the contents it drops, remember the contents it
@@ -184,11 +194,14 @@ class SqliteStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    # The contents this transaction appended are on disk
+                    # before anything that refers to them is.
+                    self.segments.sync()
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-            except sqlite3.Error as error:
+            except (sqlite3.Error, OSError) as error:
                 raise StoreError(str(error)) from error
             finally:
                 committed, self._after_commit = self._after_commit, []
@@ -255,19 +268,42 @@ class SqliteStore:
         return self.get_raw(message_id)
 
     def drop_content(self, db: sqlite3.Connection, message_id: str) -> None:
-        """Delete a content inside the caller's transaction (its spool file
-        goes once the transaction has committed)."""
+        """Delete a content inside the caller's transaction (its spool file,
+        or its segment once no other content is in it, goes once the
+        transaction has committed)."""
         self._forget_recent(message_id)
         db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
             self._after_commit.append(functools.partial(self._unlink_spool, message_id))
+        row = db.execute(
+            "SELECT segment FROM message_segments WHERE id = ?", (message_id,)
+        ).fetchone()
+        if row is not None:
+            db.execute("DELETE FROM message_segments WHERE id = ?", (message_id,))
+            self._unlink_if_unused(db, int(row[0]))
+
+    def _unlink_if_unused(self, db: sqlite3.Connection, segment: int) -> None:
+        """Once committed, remove `segment` if no content is left in it (and it
+        is not the one being appended to)."""
+        if (
+            db.execute(
+                "SELECT 1 FROM message_segments WHERE segment = ? LIMIT 1", (segment,)
+            ).fetchone()
+            is None
+        ):
+            self._after_commit.append(functools.partial(self.segments.unlink, segment))
 
     def sweep_spool(self) -> int:
-        """Remove the spool files no message refers to (a crash between writing
-        one and committing its message, or between a commit and an unlink).
+        """Remove the spool files and segments no message refers to (a crash
+        between writing one and committing its message, or between a commit and
+        an unlink).
         Only when the service starts: while it runs, a file being accepted is
         not referred to yet (never from the CLI or a second store)."""
         known = {row[0] for row in self._read("SELECT id FROM message_files")}
+        segments = self._read("SELECT DISTINCT segment FROM message_segments")
+        known.update(segment_name(int(row[0])) for row in segments)
+        if self.segments.current is not None:
+            known.add(segment_name(self.segments.current))
         removed = 0
         for path in self.spool.iterdir():
             if path.name not in known:
@@ -298,9 +334,19 @@ class SqliteStore:
                 "INSERT INTO message_files (id, size) VALUES (?, ?)", (message.id, message.size)
             )
         elif message.raw is not None:
-            db.execute(
-                "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
-            )
+            if len(message.raw) > SEGMENT_MIN and message.state is MessageState.QUEUED:
+                # Held and other contents may stay for weeks: they never pin a segment.
+                segment, offset, retired = self.segments.append(message.raw)
+                db.execute(
+                    "INSERT INTO message_segments (id, segment, offset, size) VALUES (?, ?, ?, ?)",
+                    (message.id, segment, offset, len(message.raw)),
+                )
+                if retired is not None:
+                    self._unlink_if_unused(db, retired)
+            else:
+                db.execute(
+                    "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
+                )
             if message.state is MessageState.QUEUED:
                 remember = functools.partial(self._remember_recent, message.id, message.raw)
                 self._after_commit.append(remember)
@@ -390,9 +436,10 @@ class SqliteStore:
             "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
             # A big content is read when its attempt starts, not claimed ahead.
             " m.created_at, m.kind, m.mail_from,"
-            " length(d.raw), m.seq"
+            " COALESCE(length(d.raw), g.size), m.seq"
             " FROM recipients r JOIN messages m ON m.id = r.message_id"
             " LEFT JOIN message_data d ON d.id = r.message_id"
+            " LEFT JOIN message_segments g ON g.id = r.message_id"
             " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
             # Order of acceptance per sender and recipient: a message waits
             # while an earlier one from the same sender to the same
@@ -446,7 +493,12 @@ class SqliteStore:
         if raw is not None or size is None or size > CLAIM_CONTENT_SIZE:
             return raw
         row = db.execute("SELECT raw FROM message_data WHERE id = ?", (message_id,)).fetchone()
-        return bytes(row[0]) if row is not None else None
+        if row is not None:
+            return bytes(row[0])
+        located = db.execute(
+            "SELECT segment, offset, size FROM message_segments WHERE id = ?", (message_id,)
+        ).fetchone()
+        return self.segments.read(*map(int, located)) if located is not None else None
 
     def complete(
         self,
@@ -566,6 +618,12 @@ class SqliteStore:
         rows = self._read("SELECT raw FROM message_data WHERE id = ?", (message_id,))
         if rows:
             return bytes(rows[0][0])
+        located = self._read(
+            "SELECT segment, offset, size FROM message_segments WHERE id = ?", (message_id,)
+        )
+        if located:
+            segment, offset, size = located[0]
+            return self.segments.read(int(segment), int(offset), int(size))
         if self._read("SELECT 1 FROM message_files WHERE id = ?", (message_id,)):
             with contextlib.suppress(FileNotFoundError):
                 return (self.spool / message_id).read_bytes()
@@ -739,4 +797,5 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
+            self.segments.close()
             self._db.close()

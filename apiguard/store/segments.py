@@ -1,0 +1,132 @@
+"""Append-only segment files for the contents of queued letters with attachments.
+
+A content of 64 KiB to 1 MiB written into SQLite costs the store thread a WAL
+frame (two writes) per 4 KiB page, the same pages again when the WAL is
+checkpointed, and a freelist update when it is deleted: about a millisecond
+for a 200 KB letter with a PDF, on the one thread every session waits for.
+Here such a content is appended to the current segment file (one write) and
+the database keeps only where it is. Every transaction that appended to a
+segment syncs it (one `fdatasync` for the whole group commit) before its
+COMMIT, so a committed reference always points to bytes on disk.
+
+- A segment is created 0600 with its directory synced before anything refers
+  to it, and a new one is started past `SEGMENT_SIZE` and at every start (a
+  crash may have left a torn tail: nothing is ever appended after it).
+- Bytes appended by a transaction that did not commit are never referred to;
+  they go with their segment.
+- A segment goes once no content refers to it any more and it is not the one
+  being appended to (`SqliteStore` checks when it drops a content, when it
+  starts a new segment, and at start-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+# Contents above this size (and up to the spool size) go to segments.
+SEGMENT_MIN = 64 * 1024
+# A new segment is started once the current one holds this much.
+SEGMENT_SIZE = 32 * 1024 * 1024
+_NAME = re.compile(r"segment-(\d+)")
+
+
+def segment_name(number: int) -> str:
+    return f"segment-{number:06d}"
+
+
+def segment_number(name: str) -> int | None:
+    """The number of a segment file's name; None for any other file."""
+    match = _NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+class Segments:
+    """The segment files of one spool folder. Used under the store's lock."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.current: int | None = None  # the segment being appended to
+        self._fd: int | None = None
+        self._size = 0
+        self._unsynced = False
+
+    def append(self, data: bytes) -> tuple[int, int, int | None]:
+        """Append `data`: (segment, offset, the segment just retired or None).
+        Raises OSError (the transaction then rolls back)."""
+        retired = None
+        if self._fd is None or self._size >= SEGMENT_SIZE:
+            retired = self._start()
+        assert self._fd is not None and self.current is not None
+        offset = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            self._retire()  # its end is unknown now: the next append starts a new one
+            raise
+        self._size += len(data)
+        self._unsynced = True
+        return self.current, offset, retired
+
+    def sync(self) -> None:
+        """Make what was appended durable (before the transaction commits)."""
+        if not self._unsynced or self._fd is None:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError:
+            self._retire()
+            raise
+        self._unsynced = False
+
+    def read(self, segment: int, offset: int, size: int) -> bytes | None:
+        """A content, read from any thread; None when its segment is missing."""
+        try:
+            fd = os.open(self.directory / segment_name(segment), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
+
+    def unlink(self, segment: int) -> None:
+        """Remove a segment no content refers to (never the current one)."""
+        if segment != self.current:
+            with contextlib.suppress(OSError):
+                (self.directory / segment_name(segment)).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._retire()
+
+    def _start(self) -> int | None:
+        retired = self.current
+        self.sync()  # what this transaction appended to the old one counts too
+        self._retire()
+        existing = [segment_number(path.name) for path in self.directory.iterdir()]
+        number = max([n for n in existing if n is not None] + [retired or 0, 0]) + 1
+        path = self.directory / segment_name(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the new name is on disk before anything refers to it
+            finally:
+                os.close(directory)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self.current, self._size = fd, number, 0
+        return retired
+
+    def _retire(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self.current, self._size, self._unsynced = None, None, 0, False
