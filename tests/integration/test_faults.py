@@ -1,6 +1,7 @@
 """Faults: nothing acknowledged is ever lost.
 
-- apiguard killed (SIGKILL) at random moments under load, three times;
+- apiguard killed (SIGKILL) at random moments under load, three times (three of
+  the ten clients send 200 KB letters with a PDF, kept in segment files);
 - the relay refusing connections, then answering 421, then accepting;
 - the store's disk writes failing (a real EFBIG from the kernel: the process's
   RLIMIT_FSIZE lowered to 0 with prlimit, which binds root too, unlike chmod).
@@ -26,6 +27,7 @@ import aiosmtplib
 import pytest
 
 from apiguard.store.base import RecipientState
+from bench.messages import MessageFactory
 from tests.integration.test_crash_recovery import write_config as crash_recovery_config
 from tests.support import (
     Received,
@@ -42,6 +44,8 @@ from tests.support import (
 SENDER = "dr.martin@medical13.apicrypt.org"
 TRACE_ID = re.compile(rb"\(apiguard\) with ESMTP id ([0-9a-f]+);")
 QUEUED_ID = re.compile(r"queued as ([0-9a-f]+)")
+# 200 KB letters with a PDF report: their contents go to segment files.
+WITH_REPORT = MessageFactory.create("pdf")
 
 
 def write_config(tmp_path: Path, smtp_port: int, sink_port: int) -> Path:
@@ -128,8 +132,9 @@ def sending_ids(database: Path) -> set[str]:
 
 @dataclass
 class Clients:
-    """Ten clients sending 50 letters each, retrying a letter whose transaction
-    failed (connection lost: not acknowledged) once the server is back."""
+    """Ten clients sending 50 letters each (three of them with a PDF report),
+    retrying a letter whose transaction failed (connection lost: not
+    acknowledged) once the server is back."""
 
     port: int
     count: int
@@ -142,7 +147,8 @@ class Clients:
             attempt = 0
             while True:
                 attempt += 1
-                raw = letter(n * 100 + attempt)  # each attempt its own Message-ID
+                # Each attempt its own Message-ID.
+                raw = (WITH_REPORT.message if number < 3 else letter)(n * 100 + attempt)
                 rcpt = COLLEAGUES[number]
                 try:
                     _, reply = await send(self.port, SENDER, [rcpt], raw)
@@ -198,6 +204,9 @@ async def test_sigkill_at_random_moments_under_load_loses_nothing(tmp_path: Path
     assert len(set(clients.acknowledged.values())) == 500  # every letter acknowledged once
     assert set(clients.acknowledged) <= set(delivered)
     assert duplicated <= in_flight_at_kill, f"seed {seed}"
+    reports = [m for m in sink.handler.messages if b"compte-rendu.pdf" in m.data]
+    assert len(set(apiguard_ids(reports))) >= 150  # the three clients' 150 letters
+    assert all(m.data.endswith(WITH_REPORT.suffix) for m in reports)  # whole, byte for byte
 
 
 # -- the relay down, then 421, then back -----------------------------------------------
