@@ -49,6 +49,9 @@ class Segments:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.current: int | None = None  # the segment being appended to
+        # The highest segment number the database refers to: a new segment is
+        # numbered above it even if its file has gone (never a number reused).
+        self.floor = 0
         self._fd: int | None = None
         self._size = 0
         self._unsynced = False
@@ -109,7 +112,7 @@ class Segments:
         self.sync()  # what this transaction appended to the old one counts too
         self._retire()
         existing = [segment_number(path.name) for path in self.directory.iterdir()]
-        number = max([n for n in existing if n is not None] + [retired or 0, 0]) + 1
+        number = max([n for n in existing if n is not None] + [retired or 0, self.floor]) + 1
         path = self.directory / segment_name(number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:

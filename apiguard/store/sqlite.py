@@ -336,6 +336,9 @@ class SqliteStore:
         elif message.raw is not None:
             if len(message.raw) > SEGMENT_MIN and message.state is MessageState.QUEUED:
                 # Held and other contents may stay for weeks: they never pin a segment.
+                if self.segments.current is None:
+                    highest = db.execute("SELECT MAX(segment) FROM message_segments").fetchone()
+                    self.segments.floor = int(highest[0] or 0)
                 segment, offset, retired = self.segments.append(message.raw)
                 db.execute(
                     "INSERT INTO message_segments (id, segment, offset, size) VALUES (?, ?, ?, ?)",

@@ -242,3 +242,16 @@ def test_the_start_up_sweep_removes_only_segments_nothing_refers_to(tmp_path: Pa
     assert segment_files(restarted) == [segment_name(1)]
     assert restarted.get_raw("m1") == content(1)
     restarted.close()
+
+
+def test_a_new_segment_never_takes_the_number_of_one_still_referred_to(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.accept(message(1, content(1)))
+    store.close()
+    (tmp_path / "spool" / segment_name(1)).unlink()  # lost by hand
+    reopened = SqliteStore(tmp_path)
+    reopened.accept(message(2, content(2)))
+    assert segment_files(reopened) == [segment_name(2)]
+    assert reopened.get_raw("m1") is None  # missing, not someone else's bytes
+    assert reopened.get_raw("m2") == content(2)
+    reopened.close()
