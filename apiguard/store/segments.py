@@ -99,10 +99,23 @@ class Segments:
         return data if len(data) == size else None
 
     def unlink(self, segment: int) -> None:
-        """Remove a segment no content refers to (never the current one)."""
-        if segment != self.current:
-            with contextlib.suppress(OSError):
-                (self.directory / segment_name(segment)).unlink(missing_ok=True)
+        """Remove a segment no content refers to. Never one being appended to:
+        neither this store's current one nor, when this store appends nothing
+        (the review CLI, next to the running service), the highest-numbered
+        one, which the service may be appending to (it numbers a new segment
+        above every existing one)."""
+        if segment == self.current:
+            return
+        if self.current is None and segment >= self._highest():
+            return  # left to the service (it checks again at its next start)
+        with contextlib.suppress(OSError):
+            (self.directory / segment_name(segment)).unlink(missing_ok=True)
+
+    def _highest(self) -> int:
+        with contextlib.suppress(OSError):
+            numbers = [segment_number(path.name) for path in self.directory.iterdir()]
+            return max([n for n in numbers if n is not None], default=0)
+        return 1 << 62  # unknown: treat every segment as possibly in use
 
     def close(self) -> None:
         self._retire()

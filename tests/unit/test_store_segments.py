@@ -255,3 +255,22 @@ def test_a_new_segment_never_takes_the_number_of_one_still_referred_to(tmp_path:
     assert reopened.get_raw("m1") is None  # missing, not someone else's bytes
     assert reopened.get_raw("m2") == content(2)
     reopened.close()
+
+
+def test_another_process_never_removes_the_segment_the_service_appends_to(
+    tmp_path: Path,
+) -> None:
+    service = SqliteStore(tmp_path)
+    service.accept(message(1, content(1)))
+    review = SqliteStore(tmp_path)  # `apiguard review` next to the running service
+    assert review.cancel_pending("m1", "secretariat", "", 500.0)
+    assert segment_files(service) == [segment_name(1)]  # still the service's current one
+    service.accept(message(2, content(2)))
+    assert service.get_raw("m2") == content(2)
+    review.close()
+    service.close()
+    restarted = SqliteStore(tmp_path)
+    restarted.accept(message(3, content(3)))  # segment 2: now 1 is nobody's
+    assert restarted.cancel_pending("m2", "secretariat", "", 500.0)
+    assert segment_files(restarted) == [segment_name(2)]
+    restarted.close()
