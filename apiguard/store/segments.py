@@ -15,8 +15,9 @@ COMMIT, so a committed reference always points to bytes on disk.
 - Bytes appended by a transaction that did not commit are never referred to;
   they go with their segment.
 - A segment goes once no content refers to it any more and it is not the one
-  being appended to (`SqliteStore` checks when it drops a content, when it
-  starts a new segment, and at start-up).
+  being appended to: `SqliteStore` checks after the commit that drops a
+  content and after one that leaves a segment, again under the database's
+  write lock, and at start-up.
 """
 
 from __future__ import annotations
@@ -55,13 +56,15 @@ class Segments:
         self._fd: int | None = None
         self._size = 0
         self._unsynced = False
+        # Segments no longer appended to (full, or after a failure), to be
+        # removed once a transaction has committed if nothing refers to them.
+        self._left: list[int] = []
 
-    def append(self, data: bytes) -> tuple[int, int, int | None]:
-        """Append `data`: (segment, offset, the segment just retired or None).
-        Raises OSError (the transaction then rolls back)."""
-        retired = None
+    def append(self, data: bytes) -> tuple[int, int]:
+        """Append `data`: (segment, offset). Raises OSError (the transaction
+        then rolls back)."""
         if self._fd is None or self._size >= SEGMENT_SIZE:
-            retired = self._start()
+            self._start()
         assert self._fd is not None and self.current is not None
         offset = self._size
         try:
@@ -73,7 +76,12 @@ class Segments:
             raise
         self._size += len(data)
         self._unsynced = True
-        return self.current, offset, retired
+        return self.current, offset
+
+    def take_left(self) -> list[int]:
+        """The segments left since the last call (see `_left`)."""
+        left, self._left = self._left, []
+        return left
 
     def sync(self) -> None:
         """Make what was appended durable (before the transaction commits)."""
@@ -120,7 +128,7 @@ class Segments:
     def close(self) -> None:
         self._retire()
 
-    def _start(self) -> int | None:
+    def _start(self) -> None:
         retired = self.current
         self.sync()  # what this transaction appended to the old one counts too
         self._retire()
@@ -139,10 +147,11 @@ class Segments:
             path.unlink(missing_ok=True)
             raise
         self._fd, self.current, self._size = fd, number, 0
-        return retired
 
     def _retire(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+        if self.current is not None:
+            self._left.append(self.current)
         self._fd, self.current, self._size, self._unsynced = None, None, 0, False

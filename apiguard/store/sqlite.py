@@ -207,6 +207,10 @@ class SqliteStore:
                 committed, self._after_commit = self._after_commit, []
             for action in committed:  # reached only once committed
                 action()
+            # The segments this store stopped appending to (full, or failed):
+            # gone if nothing refers to them.
+            for segment in self.segments.take_left():
+                self._unlink_unused(segment)
 
     def _unlink_spool(self, message_id: str) -> None:
         # Committed already: a file that cannot go now goes at the next start
@@ -283,15 +287,33 @@ class SqliteStore:
             self._unlink_if_unused(db, int(row[0]))
 
     def _unlink_if_unused(self, db: sqlite3.Connection, segment: int) -> None:
-        """Once committed, remove `segment` if no content is left in it (and it
-        is not the one being appended to)."""
-        if (
-            db.execute(
-                "SELECT 1 FROM message_segments WHERE segment = ? LIMIT 1", (segment,)
-            ).fetchone()
-            is None
-        ):
-            self._after_commit.append(functools.partial(self.segments.unlink, segment))
+        """Once committed, remove `segment` if no content is left in it then."""
+        if not self._refers_to(db, segment):
+            self._after_commit.append(functools.partial(self._unlink_unused, segment))
+
+    @staticmethod
+    def _refers_to(db: sqlite3.Connection, segment: int) -> bool:
+        query = "SELECT 1 FROM message_segments WHERE segment = ? LIMIT 1"
+        return db.execute(query, (segment,)).fetchone() is not None
+
+    def _unlink_unused(self, segment: int) -> None:
+        """Remove `segment` if no content refers to it and nobody appends to it,
+        checked again now (the transaction that emptied it may also have
+        appended to it), holding the database's write lock: no transaction,
+        of this store or of the service next to the review CLI, is appending
+        meanwhile. A segment that cannot be checked is left to the start-up sweep."""
+        with self._lock:
+            if segment == self.segments.current:
+                return
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if not self._refers_to(self._db, segment):
+                        self.segments.unlink(segment)
+                finally:
+                    self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                return
 
     def sweep_spool(self) -> int:
         """Remove the spool files and segments no message refers to (a crash
@@ -339,13 +361,11 @@ class SqliteStore:
                 if self.segments.current is None:
                     highest = db.execute("SELECT MAX(segment) FROM message_segments").fetchone()
                     self.segments.floor = int(highest[0] or 0)
-                segment, offset, retired = self.segments.append(message.raw)
+                segment, offset = self.segments.append(message.raw)
                 db.execute(
                     "INSERT INTO message_segments (id, segment, offset, size) VALUES (?, ?, ?, ?)",
                     (message.id, segment, offset, len(message.raw)),
                 )
-                if retired is not None:
-                    self._unlink_if_unused(db, retired)
             else:
                 db.execute(
                     "INSERT INTO message_data (id, raw) VALUES (?, ?)", (message.id, message.raw)
@@ -421,9 +441,11 @@ class SqliteStore:
         for operation, durable in batch:
             try:
                 with self._transaction(durable=durable) as db:
-                    results.append(operation(db))
-            except Exception as error:
+                    result = operation(db)
+            except Exception as error:  # the operation, its sync or its COMMIT
                 results.append(WriteFailed(error))
+            else:
+                results.append(result)
         return results
 
     def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:

@@ -274,3 +274,98 @@ def test_another_process_never_removes_the_segment_the_service_appends_to(
     assert restarted.cancel_pending("m2", "secretariat", "", 500.0)
     assert segment_files(restarted) == [segment_name(2)]
     restarted.close()
+
+
+def test_a_segment_emptied_and_appended_to_in_one_group_commit_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments_module, "SEGMENT_SIZE", 350_000)
+    store = SqliteStore(tmp_path)
+    store.accept(message(1, content(1)))
+    store.claim_due(2000.0, 100)
+    done = [RecipientOutcome(rcpt(1), RecipientState.DELIVERED, "250 ok")]
+    store.write_many(
+        [
+            ((lambda db: store.complete_in(db, "m1", done, (), 2000.0)), True),  # empties it
+            ((lambda db: store.accept_in(db, message(2, content(2)))), True),  # appends to it
+            ((lambda db: store.accept_in(db, message(3, content(3)))), True),  # leaves it
+        ]
+    )
+    assert segment_files(store) == [segment_name(1), segment_name(2)]
+    assert [store.get_raw(f"m{n}") for n in (2, 3)] == [content(2), content(3)]
+    store.close()
+
+
+def test_an_operation_whose_commit_fails_on_its_own_gets_one_failure_as_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path)
+    real_fdatasync = os.fdatasync
+    failures = iter([True])  # the first sync fails (m1's own transaction, once retried)
+
+    def fdatasync(fd: int) -> None:
+        if next(failures, False):
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
+
+    def fails(db: object) -> None:
+        raise RuntimeError("another operation of the group")
+
+    monkeypatch.setattr(segments_module.os, "fdatasync", fdatasync)
+    results = store.write_many(
+        [
+            ((lambda db: store.accept_in(db, message(1, content(1)))), True),
+            ((lambda db: store.accept_in(db, message(2, content(2)))), True),
+            (fails, True),
+        ]
+    )
+    assert [type(result).__name__ for result in results] == [
+        "WriteFailed",
+        "NoneType",
+        "WriteFailed",
+    ]
+    assert store.get("m1") is None and store.get_raw("m2") == content(2)
+    store.close()
+
+
+def test_the_review_cli_checks_again_before_removing_a_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments_module, "SEGMENT_SIZE", 350_000)
+    service = SqliteStore(tmp_path)
+    service.accept(message(1, content(1)))
+    review = SqliteStore(tmp_path)
+    check = review._unlink_unused
+
+    def service_commits_first(segment: int) -> None:
+        # Between the review's COMMIT and its check, the service appends to
+        # the segment the review just emptied, and leaves it for a new one.
+        service.accept_many([(message(2, content(2)), ()), (message(3, content(3)), ())])
+        check(segment)
+
+    monkeypatch.setattr(review, "_unlink_unused", service_commits_first)
+    assert review.cancel_pending("m1", "secretariat", "", 500.0)
+    assert [service.get_raw(f"m{n}") for n in (2, 3)] == [content(2), content(3)]
+    review.close()
+    service.close()
+
+
+def test_a_segment_left_after_a_failure_goes_at_the_next_commit_when_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path)
+    store.accept(message(1, content(1)))
+    deliver(store, "m1")  # segment 1 is empty, still the current one
+    real_write = os.write
+
+    def full_disk(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segments_module.os, "write", full_disk)
+    with pytest.raises(StoreError):
+        store.accept(message(2, content(2)))
+    monkeypatch.setattr(segments_module.os, "write", real_write)
+    store.accept(message(3, content(3)))
+    assert segment_files(store) == [segment_name(2)]
+    assert store.get_raw("m3") == content(3)
+    store.close()
