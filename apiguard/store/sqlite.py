@@ -276,9 +276,11 @@ class SqliteStore:
         or its segment once no other content is in it, goes once the
         transaction has committed)."""
         self._forget_recent(message_id)
-        db.execute("DELETE FROM message_data WHERE id = ?", (message_id,))
+        if db.execute("DELETE FROM message_data WHERE id = ?", (message_id,)).rowcount:
+            return  # a content is in one place only (see `_insert`)
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
             self._after_commit.append(functools.partial(self._unlink_spool, message_id))
+            return
         row = db.execute(
             "SELECT segment FROM message_segments WHERE id = ?", (message_id,)
         ).fetchone()
