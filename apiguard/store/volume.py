@@ -494,15 +494,14 @@ class VolumeStore:
         ]
         if not delivered:
             return
-        kind = db.execute("SELECT kind FROM messages WHERE id = ?", (message_id,)).fetchone()
-        if kind is None or kind[0] != MessageKind.MAIL.value:
+        row = db.execute(
+            "SELECT m.kind, (SELECT MAX(updated_at) FROM recipients WHERE message_id = m.id)"
+            " FROM messages m WHERE m.id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None or row[0] != MessageKind.MAIL.value:
             return
-        now = float(
-            db.execute(
-                "SELECT MAX(updated_at) FROM recipients WHERE message_id = ?", (message_id,)
-            ).fetchone()[0]
-            or 0.0
-        )
+        now = float(row[1] or 0.0)
         db.executemany(
             "INSERT INTO volume_known (address, first_at, last_at) VALUES (?, ?, ?)"
             " ON CONFLICT(address) DO UPDATE SET last_at = excluded.last_at",
