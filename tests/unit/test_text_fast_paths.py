@@ -16,7 +16,7 @@ from __future__ import annotations
 import unicodedata
 from email.utils import getaddresses
 
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apiguard.fingerprint import _mentions
@@ -86,7 +86,8 @@ def test_bare_address_lists_read_as_the_address_parser_reads_them(values: list[s
     parsed = getaddresses(values)
     # A Python with the strict reading (CVE-2023-27043) refuses a whole list
     # with an empty item; the bare-address reading still counts its addresses.
-    assume(not (parsed == [("", "")] and any("@" in value for value in values)))
+    if parsed == [("", "")] and any("@" in value for value in values):
+        return
     reference = seen([address for _, address in parsed])
     assert seen(_header_addresses(values)) == reference
 
