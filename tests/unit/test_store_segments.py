@@ -7,8 +7,10 @@ and a segment goes once nothing is left in it, never while it is appended to.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,38 @@ def deliver(store: SqliteStore, message_id: str) -> None:
     n = int(message_id.removeprefix("m"))
     outcome = RecipientOutcome(rcpt(n), RecipientState.DELIVERED, "250 ok")
     store.complete(message_id, [outcome], now=2000.0)
+
+
+def syncs(monkeypatch: pytest.MonkeyPatch, into: list[str], failing: int = 0) -> None:
+    """Record each segment sync in `into`; the first `failing` ones fail (EIO)."""
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        into.append("fdatasync")
+        if into.count("fdatasync") <= failing:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(segments_module.os, "fdatasync", fdatasync)
+
+
+@contextlib.contextmanager
+def disk_full() -> Iterator[None]:
+    """Segment writes fail (ENOSPC) meanwhile."""
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segments_module.os, "write", full)
+        yield
+
+
+def accept_together(store: SqliteStore, numbers: range) -> list[object]:
+    """Accept messages `numbers` in one group commit."""
+    return store.write_many(
+        [((lambda db, n=n: store.accept_in(db, message(n, content(n)))), True) for n in numbers]
+    )
 
 
 def test_a_queued_letter_with_an_attachment_is_kept_in_a_segment_and_reads_back(
@@ -149,16 +183,8 @@ def test_appended_contents_are_synced_before_the_commit_that_refers_to_them(
     store = SqliteStore(tmp_path)
     events: list[str] = []
     store._db.set_trace_callback(lambda sql: events.append(sql) if sql == "COMMIT" else None)
-    real_fdatasync = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        events.append("fdatasync")
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(segments_module.os, "fdatasync", fdatasync)
-    store.write_many(
-        [((lambda db, n=n: store.accept_in(db, message(n, content(n)))), True) for n in range(4)]
-    )
+    syncs(monkeypatch, events)
+    accept_together(store, range(4))
     assert events == ["fdatasync", "COMMIT"]  # one sync for the whole group, first
     events.clear()
     store.accept(message(9, content(9, 3_000)))  # in the database: no segment to sync
@@ -171,17 +197,9 @@ def test_a_segment_left_in_the_middle_of_a_transaction_is_synced_too(
 ) -> None:
     monkeypatch.setattr(segments_module, "SEGMENT_SIZE", 450_000)
     store = SqliteStore(tmp_path)
-    synced: list[int] = []
-    real_fdatasync = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        synced.append(fd)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(segments_module.os, "fdatasync", fdatasync)
-    store.write_many(
-        [((lambda db, n=n: store.accept_in(db, message(n, content(n)))), True) for n in range(4)]
-    )
+    synced: list[str] = []
+    syncs(monkeypatch, synced)
+    accept_together(store, range(4))
     assert segment_files(store) == [segment_name(1), segment_name(2)]
     assert len(synced) == 2  # the first one's tail before it is left, then the second
     store.close()
@@ -190,21 +208,12 @@ def test_a_segment_left_in_the_middle_of_a_transaction_is_synced_too(
     reopened.close()
 
 
-def test_a_failing_segment_write_is_a_store_error_and_nothing_is_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failing_segment_write_is_a_store_error_and_nothing_is_kept(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.accept(message(1, content(1)))
-    real_write = os.write
-
-    def full_disk(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(segments_module.os, "write", full_disk)
-    with pytest.raises(StoreError):
+    with disk_full(), pytest.raises(StoreError):
         store.accept(message(2, content(2)))
     assert store.get("m2") is None
-    monkeypatch.setattr(segments_module.os, "write", real_write)
     store.accept(message(3, content(3)))  # in a new segment: the old one's end is unknown
     assert [store.get_raw(f"m{n}") for n in (1, 3)] == [content(1), content(3)]
     assert segment_files(store) == [segment_name(1), segment_name(2)]
@@ -215,11 +224,7 @@ def test_a_failing_sync_is_a_store_error_and_rolls_the_content_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SqliteStore(tmp_path)
-
-    def broken_disk(fd: int) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(segments_module.os, "fdatasync", broken_disk)
+    syncs(monkeypatch, [], failing=1)
     with pytest.raises(StoreError):
         store.accept(message(1, content(1)))
     assert store.get("m1") is None
@@ -300,18 +305,11 @@ def test_an_operation_whose_commit_fails_on_its_own_gets_one_failure_as_its_resu
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SqliteStore(tmp_path)
-    real_fdatasync = os.fdatasync
-    failures = iter([True])  # the first sync fails (m1's own transaction, once retried)
-
-    def fdatasync(fd: int) -> None:
-        if next(failures, False):
-            raise OSError(5, "Input/output error")
-        real_fdatasync(fd)
+    syncs(monkeypatch, [], failing=1)  # m1's own transaction, once the group is retried
 
     def fails(db: object) -> None:
         raise RuntimeError("another operation of the group")
 
-    monkeypatch.setattr(segments_module.os, "fdatasync", fdatasync)
     results = store.write_many(
         [
             ((lambda db: store.accept_in(db, message(1, content(1)))), True),
@@ -351,20 +349,13 @@ def test_the_review_cli_checks_again_before_removing_a_segment(
 
 
 def test_a_segment_left_after_a_failure_goes_at_the_next_commit_when_empty(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     store = SqliteStore(tmp_path)
     store.accept(message(1, content(1)))
     deliver(store, "m1")  # segment 1 is empty, still the current one
-    real_write = os.write
-
-    def full_disk(fd: int, data: object) -> int:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(segments_module.os, "write", full_disk)
-    with pytest.raises(StoreError):
+    with disk_full(), pytest.raises(StoreError):
         store.accept(message(2, content(2)))
-    monkeypatch.setattr(segments_module.os, "write", real_write)
     store.accept(message(3, content(3)))
     assert segment_files(store) == [segment_name(2)]
     assert store.get_raw("m3") == content(3)
