@@ -8,11 +8,13 @@ nothing is acknowledged before the transaction that holds it has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome, StoreError
@@ -24,6 +26,54 @@ Item = TypeVar("Item")
 
 # Work to do inside the message's own transaction (e.g. settling volume counts).
 FollowUp = Callable[[sqlite3.Connection], Any]
+
+
+class _StoreThread:
+    """The one thread the store runs on: calls come in through a queue and
+    their outcomes go back to the caller's event loop. (A `ThreadPoolExecutor`
+    adds, per call, a future with its own lock and condition, a second future
+    on the loop to mirror it, and a thread-count check: a quarter of a round
+    trip's cost, paid for every group commit.)"""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        # A daemon: a process that exits without `close()` is not held by it
+        # (an interrupted transaction is rolled back by SQLite at the next open).
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, function: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((function, future, loop))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            function, future, loop = item
+            try:
+                outcome: tuple[Any, BaseException | None] = (function(), None)
+            except BaseException as error:  # handed to the caller, as an executor does
+                outcome = (None, error)
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            del item, function, future, outcome  # no reference kept while waiting
+
+    def stop(self) -> None:
+        """Finish the calls already queued, then end the thread."""
+        self._calls.put(None)
+        self._thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller gave up waiting (the call ran anyway)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _Batcher(Generic[Item]):
@@ -71,7 +121,7 @@ class AsyncStore:
 
     def __init__(self, store: SqliteStore) -> None:
         self.sync = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apiguard-store")
+        self._thread = _StoreThread("apiguard-store")
         # Every write goes through one queue: what arrives while a transaction
         # runs shares the next one (and its one fsync), whatever its kind.
         self._writes: _Batcher[WriteOp] = _Batcher(self, store.write_many)
@@ -83,8 +133,8 @@ class AsyncStore:
         return result
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
+        """`function(*args, **kwargs)` on the store thread."""
+        return await self._thread.call(functools.partial(function, *args, **kwargs))
 
     async def accept(
         self,
@@ -156,4 +206,4 @@ class AsyncStore:
 
     async def close(self) -> None:
         await self.run(self.sync.close)
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
