@@ -114,16 +114,17 @@ class Segments:
         above every existing one)."""
         if segment == self.current:
             return
-        if self.current is None and segment >= self._highest():
-            return  # left to the service (it checks again at its next start)
-        with contextlib.suppress(OSError):
+        try:
+            if self.current is None and segment >= self._highest():
+                return  # left to the service (it checks again at its next start)
             (self.directory / segment_name(segment)).unlink(missing_ok=True)
+        except OSError:
+            return  # unknown: left to the start-up sweep
 
     def _highest(self) -> int:
-        with contextlib.suppress(OSError):
-            numbers = [segment_number(path.name) for path in self.directory.iterdir()]
-            return max([n for n in numbers if n is not None], default=0)
-        return 1 << 62  # unknown: treat every segment as possibly in use
+        """The highest segment number on disk (0 for none); raises OSError."""
+        numbers = [segment_number(path.name) for path in self.directory.iterdir()]
+        return max([n for n in numbers if n is not None], default=0)
 
     def close(self) -> None:
         self._retire()
@@ -132,8 +133,7 @@ class Segments:
         retired = self.current
         self.sync()  # what this transaction appended to the old one counts too
         self._retire()
-        existing = [segment_number(path.name) for path in self.directory.iterdir()]
-        number = max([n for n in existing if n is not None] + [retired or 0, self.floor]) + 1
+        number = max(self._highest(), retired or 0, self.floor) + 1
         path = self.directory / segment_name(number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:

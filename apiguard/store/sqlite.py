@@ -89,6 +89,8 @@ CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
 """
 
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
+# Where a content kept in a segment file is: for `Segments.read`.
+_SEGMENT_OF = "SELECT segment, offset, size FROM message_segments WHERE id = ?"
 
 # Claimed jobs carry contents up to this size; bigger ones are read by the
 # attempt itself, so that jobs waiting their turn hold no 10 MB copies.
@@ -522,9 +524,7 @@ class SqliteStore:
         row = db.execute("SELECT raw FROM message_data WHERE id = ?", (message_id,)).fetchone()
         if row is not None:
             return bytes(row[0])
-        located = db.execute(
-            "SELECT segment, offset, size FROM message_segments WHERE id = ?", (message_id,)
-        ).fetchone()
+        located = db.execute(_SEGMENT_OF, (message_id,)).fetchone()
         return self.segments.read(*map(int, located)) if located is not None else None
 
     def complete(
@@ -645,12 +645,9 @@ class SqliteStore:
         rows = self._read("SELECT raw FROM message_data WHERE id = ?", (message_id,))
         if rows:
             return bytes(rows[0][0])
-        located = self._read(
-            "SELECT segment, offset, size FROM message_segments WHERE id = ?", (message_id,)
-        )
+        located = self._read(_SEGMENT_OF, (message_id,))
         if located:
-            segment, offset, size = located[0]
-            return self.segments.read(int(segment), int(offset), int(size))
+            return self.segments.read(*map(int, located[0]))
         if self._read("SELECT 1 FROM message_files WHERE id = ?", (message_id,)):
             with contextlib.suppress(FileNotFoundError):
                 return (self.spool / message_id).read_bytes()
