@@ -182,6 +182,7 @@ class Application:
             auth=bool(self.listeners.users),
             relay="maildir" if not self.settings.relay.host else "smtp",
             rules=len(self.charter.rules),
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         self._expiry = asyncio.create_task(self._expire_held(), name="apiguard-expiry")
         if self.settings.review.enabled:

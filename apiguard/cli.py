@@ -9,7 +9,7 @@ import email.utils
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -442,6 +442,25 @@ def _hash_password() -> int:
 # -- main ----------------------------------------------------------------------
 
 
+def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The SMTP process's event loop (`processing.event_loop`): uvloop, the
+    same asyncio API with the loop, its timers and its sockets in C, where it
+    is installed (a dependency on Linux and macOS) or asked for; None for the
+    standard loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "processing.event_loop: uvloop is not installed (pip install uvloop),"
+                ' or set "auto" or "asyncio"'
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def _serve(args: argparse.Namespace) -> int:
     from apiguard.app import Application
     from apiguard.logs import configure_logging
@@ -454,7 +473,9 @@ def _serve(args: argparse.Namespace) -> int:
         await app.serve_until_signalled()
 
     try:
-        asyncio.run(run())
+        loop_factory = event_loop_factory(settings.processing.event_loop)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run())
     except (ConfigError, CharterConfigError, DirectoryError, KeyboardInterrupt):
         raise  # one line from main(): the key or file and the problem
     except Exception as error:

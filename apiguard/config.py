@@ -158,6 +158,9 @@ class ProcessingSettings(Section):
     # Worker processes for letters (plus one for attachments and one for big
     # messages: `apiguard.analysis.SIZE_CLASSES`); 0: in the SMTP process.
     workers: int = Field(default=1, ge=0, le=32)
+    # The SMTP process's event loop: uvloop when installed ("auto"), or the
+    # standard asyncio loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class StorageSettings(Section):

@@ -113,9 +113,10 @@ def cpu_seconds(root: int) -> float:
     return total / TICKS
 
 
-def thread_ticks(root: int) -> dict[tuple[int, int], tuple[str, int]]:
-    """CPU ticks per thread of the tree: (pid, tid) -> (process name, ticks)."""
-    ticks: dict[tuple[int, int], tuple[str, int]] = {}
+def thread_ticks(root: int) -> dict[tuple[int, int], tuple[str, int, int]]:
+    """CPU ticks per thread of the tree: (pid, tid) -> (process name, user
+    ticks, system ticks)."""
+    ticks: dict[tuple[int, int], tuple[str, int, int]] = {}
     for pid in process_tree(root):
         with contextlib.suppress(OSError):
             name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[-40:]
@@ -125,22 +126,25 @@ def thread_ticks(root: int) -> dict[tuple[int, int], tuple[str, int]]:
                     fields = text[text.rindex(")") + 2 :].split()
                     comm = text[text.index("(") + 1 : text.rindex(")")]
                     label = f"{name.decode(errors='replace').strip()} [{comm}]"
-                    ticks[(pid, int(tid))] = (label, int(fields[11]) + int(fields[12]))
+                    ticks[(pid, int(tid))] = (label, int(fields[11]), int(fields[12]))
     return ticks
 
 
 def print_thread_split(
-    before: dict[tuple[int, int], tuple[str, int]], root: int, messages: int
+    before: dict[tuple[int, int], tuple[str, int, int]], root: int, messages: int
 ) -> None:
+    """CPU per message of each busy thread, and its part spent in the kernel."""
     after = thread_ticks(root)
     rows = []
-    for key, (label, value) in after.items():
-        used = value - before.get(key, (label, 0))[1]
+    for key, (label, user, system) in after.items():
+        _, user_before, system_before = before.get(key, (label, 0, 0))
+        used, kernel = user + system - user_before - system_before, system - system_before
         if used > 0:
             main = " main" if key[0] == key[1] else ""
-            rows.append((used, f"pid {key[0]} tid {key[1]}{main} {label}"))
-    for used, label in sorted(rows, reverse=True)[:8]:
-        print(f"    {used / TICKS / max(1, messages) * 1000:6.2f} ms/msg  {label}")
+            rows.append((used, kernel, f"pid {key[0]} tid {key[1]}{main} {label}"))
+    per_message = 1000 / TICKS / max(1, messages)
+    for used, kernel, label in sorted(rows, reverse=True)[:8]:
+        print(f"    {used * per_message:6.2f} ms/msg ({kernel * per_message:4.2f} sys)  {label}")
 
 
 def memory_mb(root: int) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
@@ -37,9 +38,10 @@ class ReplyReader(asyncio.Protocol):
     @classmethod
     def install(cls, protocol: SMTPProtocol) -> ReplyReader:
         transport = protocol.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        # Not `isinstance(transport, asyncio.Transport)`: uvloop's is no subclass.
+        if transport is None or transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        reader = cls(protocol, transport)
+        reader = cls(protocol, cast(asyncio.Transport, transport))
         transport.set_protocol(reader)
         return reader
 

@@ -147,7 +147,6 @@ async def _stream(
     rest is not sent. A relay that stops reading for `timeout` seconds is a
     timeout, as a silent reply is."""
     encoder = WireEncoder()
-    assert isinstance(transport, asyncio.WriteTransport)
     loop = asyncio.get_running_loop()
     with content.path.open("rb") as handle:
         while piece := await asyncio.to_thread(handle.read, STREAM_PIECE):

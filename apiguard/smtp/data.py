@@ -3,9 +3,11 @@
 aiosmtpd reads DATA one line at a time: one coroutine step, one buffer search
 and one list append per line, with its stream reader paused and resumed every
 couple of kilobytes. A 200 KB letter with a PDF is 2 700 lines; a 10 MB one,
-135 000. Here the stream is read up to each ".<CRLF>" (a base64 attachment has
-none, a text line ending a sentence does), so a piece is often the whole
-message. The outcome is the same as aiosmtpd's:
+135 000. Here the stream is read straight up to the first <CRLF>.<CRLF>, so
+a piece is usually the whole message; the end's first CRLF may have been read
+already (it ends the previous line, or the DATA command line for empty data),
+and then exactly what could complete the end is read first, never past it.
+The outcome is the same as aiosmtpd's:
 
 - only <CRLF>.<CRLF> ends the data (never a bare LF or CR: SMTP smuggling);
 - the transparent dot of each line is removed (RFC 5321 §4.5.2);
@@ -20,9 +22,8 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-_PIECE_END = b".\r\n"
 _END = b"\r\n.\r\n"
-# How much the stream reader may buffer while looking for ".<CRLF>": the
+# How much the stream reader may buffer while looking for the end: the
 # reader pauses the socket at twice this, which bounds the memory per session.
 READ_AHEAD = 256 * 1024
 
@@ -150,6 +151,15 @@ class _LineMeter:
         self.current = 0
 
 
+def _end_started(tail: bytes) -> int:
+    """How much of the end (<CRLF>.<CRLF>) the stream may have begun with its
+    last bytes `tail`: the longest proper beginning of it that `tail` ends with."""
+    for length in (4, 3, 2, 1):
+        if tail.endswith(_END[:length]):
+            return length
+    return 0
+
+
 async def read_data(
     reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
 ) -> DataResult:
@@ -159,21 +169,34 @@ async def read_data(
     goes away in the middle."""
     pieces: list[bytes] = []
     total = 0
-    tail = b"\r\n"  # the DATA command line ended with CRLF
+    tail = b"\r\n"  # the last bytes read (5); the DATA command line ended with CRLF
+    taken = b"\r\n"  # the last bytes of the content taken in so far
+    held = b""  # read, but maybe the dot (and CR) of the end: not taken in yet
     meter = _LineMeter(line_limit)
     state = DataState.NOMINAL
     while True:
-        try:
-            piece = await reader.readuntil(_PIECE_END)
-        except asyncio.LimitOverrunError as overrun:
-            # No ".<CRLF>" within the reader's limit: take what is certainly
-            # not part of one and go on.
-            piece = await reader.readexactly(overrun.consumed)
-        ended = (tail + piece[-5:])[-5:] == _END
-        body = piece[:-3] if ended else piece  # the last line's CRLF stays, the dot goes
+        started = _end_started(tail)
+        if started:
+            # The end may have begun: read only what would complete it.
+            piece = await reader.readexactly(len(_END) - started)
+        else:
+            try:
+                piece = await reader.readuntil(_END)
+            except asyncio.LimitOverrunError as overrun:
+                # No end within the reader's limit: take what is certainly not
+                # part of one and go on.
+                piece = await reader.readexactly(overrun.consumed)
+        tail = (tail + piece)[-5:] if len(piece) < 5 else piece[-5:]
+        ended = tail == _END
+        pending = held + piece if held else piece
+        if ended:
+            body, held = pending[:-3], b""  # the last line's CRLF stays, the dot goes
+        else:
+            keep = _end_started(tail) - 2  # "\r\n." or "\r\n.\r": hold the dot
+            body, held = (pending[:-keep], pending[-keep:]) if keep > 0 else (pending, b"")
         total += len(body)
-        if state is DataState.NOMINAL:
-            meter.feed(body, tail)
+        if state is DataState.NOMINAL and body:
+            meter.feed(body, taken)
             if meter.too_long:
                 state = DataState.TOO_LONG
             elif size_limit and total > size_limit:
@@ -181,8 +204,8 @@ async def read_data(
             if state is not DataState.NOMINAL:
                 pieces.clear()  # discard at once: no memory for data we refuse
             else:
-                pieces.append(_unstuff_piece(body, tail))
-        tail = (tail + piece)[-5:] if len(piece) < 5 else piece[-5:]
+                pieces.append(_unstuff_piece(body, taken))
+        taken = (taken + body)[-5:] if len(body) < 5 else body[-5:]
         if ended:
             break
     if state is not DataState.NOMINAL:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
@@ -222,8 +222,8 @@ class GuardedSMTP(SMTP):
         self._refused = True
         metrics.record_connection(outcome)
         log.warning("smtp.client_refused", reason=outcome.removeprefix("refused_"))
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"{reply}\r\n".encode("ascii"))
+        # Any loop's transport (asyncio's or uvloop's, which is no subclass).
+        cast(asyncio.WriteTransport, transport).write(f"{reply}\r\n".encode("ascii"))
         transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:

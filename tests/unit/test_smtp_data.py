@@ -107,12 +107,48 @@ def test_same_outcome_as_line_by_line(
         (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n"),
         (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n"),
         (b"fin.\r\nsuite.\r\n.\r\n", b"fin.\r\nsuite.\r\n"),
+        # The end's first CRLF already read: an empty line, a CR, a dot line.
+        (b"\r\n.\r\n", b"\r\n"),
+        (b"a\r\n\r\n.\r\n", b"a\r\n\r\n"),
+        (b"\r\r\n.\r\n", b"\r\r\n"),
+        (b".\r\r\n.\r\n", b"\r\r\n"),
+        (b"..\r\n.\r\n", b".\r\n"),
+        (b"\r\n.\r.\r\n.\r\n", b"\r\n\r.\r\n"),
+        (b"\r\n..\r\n\r\n.\r\n", b"\r\n.\r\n\r\n"),
     ],
 )
 async def test_end_of_data_and_transparency(stream: bytes, content: bytes) -> None:
     result, rest = await read([stream + b"NEXT"], None, 998, 1001)
     assert result == DataResult(DataState.NOMINAL, content)
     assert rest == b"NEXT"
+    # Byte by byte, the end is found at the same place and nothing after it is read.
+    result, rest = await read([bytes([b]) for b in stream + b"NEXT"], None, 998, 1001)
+    assert result == DataResult(DataState.NOMINAL, content)
+    assert rest == b"NEXT"
+
+
+class CountingReader(asyncio.StreamReader):
+    reads = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        self.reads += 1
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self.reads += 1
+        return await super().readexactly(n)
+
+
+async def test_a_letter_of_sentences_is_read_in_two_steps() -> None:
+    """Lines ending with a period do not cut the letter into pieces: one read
+    to see whether the data is empty, one up to the end."""
+    letter = b"".join(b"Ligne %d du compte rendu.\r\n" % n for n in range(60))
+    reader = CountingReader(limit=256 * 1024)
+    reader.feed_data(letter + b".\r\nQUIT\r\n")
+    result = await read_data(reader, size_limit=None, line_limit=998)
+    assert result == DataResult(DataState.NOMINAL, letter)
+    assert reader.reads == 2
+    assert await reader.readexactly(6) == b"QUIT\r\n"
 
 
 async def test_a_long_base64_body_is_read_in_few_pieces_and_whole() -> None:
