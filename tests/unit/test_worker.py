@@ -176,3 +176,42 @@ async def test_a_worker_can_run_at_a_lower_cpu_priority() -> None:
         assert await worker.call(b"", 2) == 2
     finally:
         await worker.stop()
+
+
+def setup_cycles(config: object) -> Callable[[bytes], bool]:
+    """Run in the child, with automatic collection off: each request leaves a
+    reference cycle behind and says whether the previous one was freed."""
+    import gc
+    import weakref
+
+    gc.disable()
+    previous: list[weakref.ref[object]] = []
+
+    class Node:
+        other: object = None
+
+    def leave_a_cycle(blob: bytes) -> bool:
+        freed = bool(previous) and previous[-1]() is None
+        node, other = Node(), Node()
+        node.other, other.other = other, node
+        previous.append(weakref.ref(node))
+        return freed
+
+    return leave_a_cycle
+
+
+async def test_the_garbage_of_a_big_message_is_collected_at_once() -> None:
+    """A PDF reader's objects form cycles that only a full collection frees:
+    after a big message the worker collects; after letters it does not pay for
+    a full collection each time."""
+    from apiguard.worker import COLLECT_AFTER
+
+    worker = WorkerProcess("tests.unit.test_worker:setup_cycles", None)
+    await worker.start()
+    try:
+        assert await worker.call(b"letter") is False
+        assert await worker.call(b"letter") is False  # a small one: not collected
+        assert await worker.call(b"x" * COLLECT_AFTER) is False
+        assert await worker.call(b"letter") is True  # collected after the big one
+    finally:
+        await worker.stop()
