@@ -107,6 +107,10 @@ def serve(
             arguments = pickle.loads(payload)  # noqa: S301 - our own parent, private pipe
             if handle is None:
                 handle = setup(arguments)
+                # What the set-up built lives as long as the worker: out of the
+                # collector's sight, so that a full collection is quick.
+                gc.collect()
+                gc.freeze()
                 result: tuple[bool, Any] = (True, None)
             else:
                 result = (True, handle(blob, *arguments))

@@ -178,9 +178,10 @@ async def test_a_worker_can_run_at_a_lower_cpu_priority() -> None:
         await worker.stop()
 
 
-def setup_cycles(config: object) -> Callable[[bytes], bool]:
+def setup_cycles(config: object) -> Callable[[bytes], tuple[bool, bool]]:
     """Run in the child, with automatic collection off: each request leaves a
-    reference cycle behind and says whether the previous one was freed."""
+    reference cycle behind and says whether the previous one was freed, and
+    whether what the set-up built is out of the collector's sight (frozen)."""
     import gc
     import weakref
 
@@ -190,12 +191,12 @@ def setup_cycles(config: object) -> Callable[[bytes], bool]:
     class Node:
         other: object = None
 
-    def leave_a_cycle(blob: bytes) -> bool:
+    def leave_a_cycle(blob: bytes) -> tuple[bool, bool]:
         freed = bool(previous) and previous[-1]() is None
         node, other = Node(), Node()
         node.other, other.other = other, node
         previous.append(weakref.ref(node))
-        return freed
+        return freed, gc.get_freeze_count() > 0
 
     return leave_a_cycle
 
@@ -209,9 +210,9 @@ async def test_the_garbage_of_a_big_message_is_collected_at_once() -> None:
     worker = WorkerProcess("tests.unit.test_worker:setup_cycles", None)
     await worker.start()
     try:
-        assert await worker.call(b"letter") is False
-        assert await worker.call(b"letter") is False  # a small one: not collected
-        assert await worker.call(b"x" * COLLECT_AFTER) is False
-        assert await worker.call(b"letter") is True  # collected after the big one
+        assert await worker.call(b"letter") == (False, True)  # frozen after set-up
+        assert await worker.call(b"letter") == (False, True)  # a small one: not collected
+        assert await worker.call(b"x" * COLLECT_AFTER) == (False, True)
+        assert await worker.call(b"letter") == (True, True)  # collected after the big one
     finally:
         await worker.stop()
