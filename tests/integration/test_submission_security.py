@@ -275,6 +275,49 @@ async def test_a_stalled_data_transfer_is_dropped_after_the_data_timeout(
     assert sink.handler.messages == []
 
 
+async def test_a_client_that_keeps_talking_is_not_dropped_but_one_that_stops_is(
+    sink: Sink, storage: Path
+) -> None:
+    """The command timeout counts from the last command, not the first one."""
+    settings = proxy_settings(storage, sink.port, smtp={"timeout": 0.4})
+    async with running_proxy(settings) as app:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        await reader.readline()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < 1.5:  # several timeouts long, a command each 0.15 s
+            writer.write(b"NOOP\r\n")
+            assert (await reader.readline()).startswith(b"250")
+            last = loop.time()
+            await asyncio.sleep(0.15)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then closed, once quiet
+        assert 0.35 < loop.time() - last < 2.0
+        writer.close()
+
+
+async def test_data_may_take_longer_than_a_command_but_not_than_the_data_timeout(
+    sink: Sink, storage: Path
+) -> None:
+    settings = proxy_settings(storage, sink.port, smtp={"timeout": 0.3, "data_timeout": 3})
+    async with running_proxy(settings) as app:
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        await reader.readline()
+        writer.write(
+            f"HELO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{COLLEAGUE}>\r\nDATA\r\n".encode()
+        )
+        for _ in range(4):
+            await reader.readline()
+        writer.write(b"Subject: compte rendu\r\n\r\n")
+        await asyncio.sleep(0.8)  # past the command timeout, within the data timeout
+        writer.write(b"Texte de la lettre.\r\n.\r\n")
+        assert (await reader.readline()).startswith(b"250")
+        loop = asyncio.get_running_loop()
+        quiet = loop.time()  # back to the command timeout after the data
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert loop.time() - quiet < 2.0
+        writer.close()
+
+
 async def refused_then_accepted(
     settings: Settings, refused_data: bytes, accepted_data: bytes
 ) -> aiosmtplib.SMTPDataError:
