@@ -9,7 +9,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from apiguard.smtp.data import DataResult, DataState, _may_hold_a_long_line, read_data, unstuff
+from apiguard.smtp.data import (
+    _FEW_DOTS,
+    _TEXT_SIZE,
+    DataResult,
+    DataState,
+    _may_hold_a_long_line,
+    read_data,
+    transparent_dots,
+    unstuff,
+)
 
 
 def reference(stream: bytes, size_limit: int | None, line_limit: int) -> tuple[DataResult, bytes]:
@@ -287,3 +296,22 @@ def test_a_line_one_over_the_limit_is_seen_at_every_alignment() -> None:
     # Usual lines (base64's 76 characters) are cleared without a closer look.
     body = b"A" * 76 + b"\r\n"
     assert not _may_hold_a_long_line(body * 3_000, 0, len(body) * 3_000 - 2, limit)
+
+
+DOT_BITS = st.sampled_from([b"\r\n", b".", b"..", b"\r\n.", b"\r", b"\n", b"a", b"QUJD" * 19])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bits=st.lists(DOT_BITS, max_size=60),
+    padding=st.sampled_from([0, _TEXT_SIZE - 40, _TEXT_SIZE + 1]),
+    many=st.sampled_from([0, _FEW_DOTS - 1, _FEW_DOTS + 1]),
+    add=st.booleans(),
+)
+def test_transparent_dots_is_a_replace_of_every_line_starting_dot(
+    bits: list[bytes], padding: int, many: int, add: bool
+) -> None:
+    """The dot-to-dot steps give what one replace over the whole gives, on
+    letters and on base64-sized data, with few dots and with many."""
+    data = b"".join(bits) + b"x" * padding + b"\r\n." * many + b"".join(reversed(bits))
+    assert transparent_dots(data, add=add) == data.replace(b"\r\n.", b"\r\n.." if add else b"\r\n")
