@@ -16,8 +16,10 @@ reached the sink), p50/p99 accept latency, CPU seconds per 1 000 messages of
 the server's processes (from /proc, children included), peak memory sampled
 every 50 ms: the sum of PSS over the server's processes, and the largest RSS of
 one process (apiguard is one process); medians over `--runs`; then the
-ratios apiguard/Postfix. `--profile` runs apiguard once more per scenario under
-py-spy and prints the top entries.
+ratios apiguard/Postfix: of the medians, and ("paired") the median of the
+run-by-run ratios, each apiguard run against the Postfix run just before it.
+`--profile` runs apiguard once more per scenario under py-spy and prints the
+top entries.
 
 Run: `python -m bench.run` (defaults: small and pdf, 10 connections, then big;
 3 runs). Quick check: `python -m bench.run --kinds small --count 20 --runs 1`.
@@ -558,6 +560,26 @@ def median_of(runs: list[Measurement], attribute: str) -> float:
     return float(statistics.median(getattr(m, attribute) for m in runs))
 
 
+def paired_ratios(
+    ours: list[Measurement], theirs: list[Measurement], columns: list[tuple[str, str, str]]
+) -> str:
+    """The median of the run-by-run ratios: runs alternate, so each apiguard run
+    is compared with the Postfix run just before it, on the same machine state.
+    On a VM whose speed drifts within an invocation (the same Postfix from 780
+    down to 510 letters/s), this follows the comparison better than the ratio
+    of the two medians, which are taken at different moments."""
+    row = f"{'  paired':<16}"
+    for _, attribute, _ in columns:
+        pairs = [
+            getattr(a, attribute) / getattr(b, attribute)
+            for a, b in zip(ours, theirs, strict=False)
+            if getattr(b, attribute)
+        ]
+        cell = f"{statistics.median(pairs):.2f}" if pairs else "-"
+        row += f"{cell:>14}"
+    return row
+
+
 def print_table(title: str, results: dict[str, list[Measurement]], big: bool) -> None:
     columns = COLUMNS + (BIG_COLUMNS if big else [])
     print(f"\n{title}")
@@ -577,6 +599,7 @@ def print_table(title: str, results: dict[str, list[Measurement]], big: bool) ->
             cell = f"{ours / theirs:.2f}" if theirs else "-"
             row += f"{cell:>14}"
         print(row)
+        print(paired_ratios(results["apiguard"], results["postfix"], columns))
     for target, runs in results.items():
         for m in runs:
             if m.refused or m.errors or m.accepted < m.sent:
