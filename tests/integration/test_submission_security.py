@@ -257,18 +257,22 @@ async def test_an_idle_client_is_dropped_after_the_command_timeout(
         writer.close()
 
 
+async def in_data(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw session, its DATA command answered with 354."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readline()
+    writer.write(f"HELO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{COLLEAGUE}>\r\nDATA\r\n".encode())
+    for _ in range(4):
+        assert (await reader.readline())[:1] in (b"2", b"3")
+    return reader, writer
+
+
 async def test_a_stalled_data_transfer_is_dropped_after_the_data_timeout(
     sink: Sink, storage: Path
 ) -> None:
     settings = proxy_settings(storage, sink.port, smtp={"timeout": 30, "data_timeout": 0.3})
     async with running_proxy(settings) as app:
-        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-        await reader.readline()
-        writer.write(
-            f"HELO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{COLLEAGUE}>\r\nDATA\r\n".encode()
-        )
-        for _ in range(4):
-            await reader.readline()
+        reader, writer = await in_data(app.port)
         writer.write(b"Subject: half a message\r\n")  # and then nothing
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
@@ -300,13 +304,7 @@ async def test_data_may_take_longer_than_a_command_but_not_than_the_data_timeout
 ) -> None:
     settings = proxy_settings(storage, sink.port, smtp={"timeout": 0.3, "data_timeout": 3})
     async with running_proxy(settings) as app:
-        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
-        await reader.readline()
-        writer.write(
-            f"HELO x\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{COLLEAGUE}>\r\nDATA\r\n".encode()
-        )
-        for _ in range(4):
-            await reader.readline()
+        reader, writer = await in_data(app.port)
         writer.write(b"Subject: compte rendu\r\n\r\n")
         await asyncio.sleep(0.8)  # past the command timeout, within the data timeout
         writer.write(b"Texte de la lettre.\r\n.\r\n")
