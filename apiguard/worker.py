@@ -30,6 +30,7 @@ import itertools
 import os
 import pickle
 import signal
+import socket
 import struct
 import sys
 from collections.abc import Callable
@@ -214,12 +215,19 @@ class WorkerProcess:
             raise WorkerLost(f"setup failed: {error}") from None
 
     def _widen_request_pipe(self) -> None:
-        """A 200 KB letter fits the pipe in one write instead of four (64 KiB
-        by default); best effort, up to the system's pipe-max-size."""
+        """A 200 KB letter fits the channel in one write instead of four (a
+        pipe holds 64 KiB by default); best effort, up to the system's maximum.
+        asyncio's subprocess stdin is a pipe; uvloop's, a Unix socket."""
         assert self.process is not None and self.process.stdin is not None
-        pipe = self.process.stdin.get_extra_info("pipe")
+        transport = self.process.stdin.transport
         with contextlib.suppress(OSError, AttributeError, ValueError):
-            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            pipe = transport.get_extra_info("pipe")
+            if pipe is not None:
+                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+                return
+            channel = transport.get_extra_info("socket")
+            if channel is not None:
+                channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PIPE_SIZE)
 
     async def call(self, blob: bytes, *args: Any, timeout: float | None = None) -> Any:
         """The worker's function applied to (`blob`, *`args`). Past `timeout`

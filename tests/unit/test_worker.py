@@ -216,3 +216,38 @@ async def test_the_garbage_of_a_big_message_is_collected_at_once() -> None:
         assert await worker.call(b"letter") == (True, True)  # collected after the big one
     finally:
         await worker.stop()
+
+
+def request_channel_size(worker: WorkerProcess) -> int:
+    """What the request channel holds: a pipe's size, or a socket's send buffer."""
+    import fcntl
+    import socket
+
+    assert worker.process is not None and worker.process.stdin is not None
+    transport = worker.process.stdin.transport
+    pipe = transport.get_extra_info("pipe")
+    if pipe is not None:
+        return int(fcntl.fcntl(pipe.fileno(), 1032))  # F_GETPIPE_SZ
+    channel = transport.get_extra_info("socket")
+    return int(channel.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_request_channel_holds_a_letter_with_its_attachment(loop: str) -> None:
+    """asyncio gives the worker a pipe, uvloop a Unix socket: both are widened
+    past their 64 KiB or 208 KiB default, so that a 200 KB letter is written at once."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from apiguard.cli import event_loop_factory
+
+    async def measure() -> int:
+        worker = WorkerProcess(SETUP, 3)
+        await worker.start()
+        try:
+            assert await worker.call(b"x" * 300_000, 1) == 300_003
+            return request_channel_size(worker)
+        finally:
+            await worker.stop()
+
+    with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+        assert runner.run(measure()) >= 1 << 20
