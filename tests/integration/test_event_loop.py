@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,18 @@ format = "json"
     )
     log = tmp_path / "apiguard.log"
     with log.open("wb") as stderr:
+        # The configuration file chooses (a variable would override it).
+        environment = dict(os.environ)
+        environment.pop("APIGUARD_PROCESSING__EVENT_LOOP", None)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "apiguard", "serve", "--config", str(config), stderr=stderr
+            sys.executable,
+            "-m",
+            "apiguard",
+            "serve",
+            "--config",
+            str(config),
+            stderr=stderr,
+            env=environment,
         )
     try:
         await wait_listening(port, process)

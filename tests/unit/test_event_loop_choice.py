@@ -37,6 +37,7 @@ def test_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_key_and_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APIGUARD_PROCESSING__EVENT_LOOP", raising=False)
     assert Settings().processing.event_loop == "auto"
     monkeypatch.setenv("APIGUARD_PROCESSING__EVENT_LOOP", "asyncio")
     assert Settings().processing.event_loop == "asyncio"
