@@ -28,7 +28,7 @@ def test_only_lags_over_the_threshold_are_logged(lag: float, warned: bool) -> No
     assert monitor.blocked_count == int(warned)
 
 
-async def test_a_blocking_call_in_the_loop_is_reported() -> None:
+async def blocked_lags() -> list[int]:
     monitor = LoopLagMonitor(interval=0.01, threshold=0.1)
     with capture_logs() as logs:
         monitor.start()
@@ -36,7 +36,18 @@ async def test_a_blocking_call_in_the_loop_is_reported() -> None:
         time.sleep(0.3)  # blocks the loop, as a synchronous parse of a big message would
         await asyncio.sleep(0.05)
         await monitor.stop()
-    lags = [e["lag_ms"] for e in logs if e["event"] == "loop.blocked"]
+    return [e["lag_ms"] for e in logs if e["event"] == "loop.blocked"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_blocking_call_in_the_loop_is_reported(loop: str) -> None:
+    """On either loop `apiguard serve` may run on."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from apiguard.cli import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+        lags = runner.run(blocked_lags())
     assert len(lags) == 1
     assert 250 <= lags[0] < 1000
 
