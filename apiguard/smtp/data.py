@@ -181,8 +181,8 @@ async def read_data(
     held = b""  # read, but maybe the dot (and CR) of the end: not taken in yet
     meter = _LineMeter(line_limit)
     state = DataState.NOMINAL
+    started = _end_started(tail)
     while True:
-        started = _end_started(tail)
         if started:
             # The end may have begun: read only what would complete it.
             piece = await reader.readexactly(len(_END) - started)
@@ -199,7 +199,8 @@ async def read_data(
         if ended:
             body, held = pending[:-3], b""  # the last line's CRLF stays, the dot goes
         else:
-            keep = _end_started(tail) - 2  # "\r\n." or "\r\n.\r": hold the dot
+            started = _end_started(tail)
+            keep = started - 2  # "\r\n." or "\r\n.\r": hold the dot
             body, held = (pending[:-keep], pending[-keep:]) if keep > 0 else (pending, b"")
         total += len(body)
         if state is DataState.NOMINAL and body:

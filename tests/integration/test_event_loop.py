@@ -5,15 +5,13 @@ loop serves."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import Sink, eventually, free_port, letter, send, wait_listening
+from tests.integration.test_faults import apiguard_process
+from tests.support import Sink, eventually, free_port, letter, send
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -24,7 +22,7 @@ COLLEAGUE = "dr.durand@medical69.apicrypt.org"
     [("auto", "uvloop"), ("asyncio", "asyncio")],
 )
 async def test_serve_runs_and_relays_on_the_chosen_loop(
-    tmp_path: Path, choice: str, expected: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, expected: str
 ) -> None:
     pytest.importorskip("uvloop")
     sink = Sink()
@@ -51,30 +49,18 @@ poll_interval = 0.05
 format = "json"
 """
     )
-    log = tmp_path / "apiguard.log"
-    with log.open("wb") as stderr:
-        # The configuration file chooses (a variable would override it).
-        environment = dict(os.environ)
-        environment.pop("APIGUARD_PROCESSING__EVENT_LOOP", None)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "apiguard",
-            "serve",
-            "--config",
-            str(config),
-            stderr=stderr,
-            env=environment,
-        )
+    # The configuration file chooses (the variable would override it).
+    monkeypatch.delenv("APIGUARD_PROCESSING__EVENT_LOOP", raising=False)
+    log: list[bytes] = []
     try:
-        await wait_listening(port, process)
-        _, reply = await send(port, SENDER, [COLLEAGUE], letter(1))
-        assert reply.startswith("2.0.0 queued as")
-        await eventually(lambda: len(sink.handler.to(COLLEAGUE)) == 1)
+        async with apiguard_process(config, port, log) as process:
+            _, reply = await send(port, SENDER, [COLLEAGUE], letter(1))
+            assert reply.startswith("2.0.0 queued as")
+            await eventually(lambda: len(sink.handler.to(COLLEAGUE)) == 1)
+            process.terminate()
+            assert await process.wait() == 0
     finally:
-        process.terminate()
-        assert await process.wait() == 0
         await sink.stop()
-    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in log if line.startswith(b"{")]
     started = [e for e in events if e["event"] == "app.started"]
     assert [e["event_loop"] for e in started] == [expected]
