@@ -1,4 +1,4 @@
-"""The commands: serve, check, review."""
+"""The commands: serve, check, review, queue (in `apiguard.queue_cli`)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
         if name != "show":
             sub.add_argument("--comment", default="")
             sub.add_argument("--actor", default="cli")
+    from apiguard.queue_cli import add_parser
+
+    add_parser(commands)
     return parser
 
 
@@ -501,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "review":
             return _review(args)
+        if args.command == "queue":
+            from apiguard.queue_cli import run
+
+            return run(args)
     except UsageError as error:
         print(f"apiguard: {error}", file=sys.stderr)
         return EXIT_USAGE

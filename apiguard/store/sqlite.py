@@ -86,6 +86,15 @@ CREATE TABLE IF NOT EXISTS audit (
     comment TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    rcpt TEXT NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_message ON delivery_attempts(message_id, seq);
 """
 
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
@@ -238,6 +247,10 @@ class SqliteStore:
                 return list(cursor.fetchall())
             except sqlite3.Error as error:
                 raise StoreError(str(error)) from error
+
+    def read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
+        """A query for the store's companion modules (the queue's, the volume's)."""
+        return self._read(sql, args)
 
     # -- spooled contents ---------------------------------------------------
 
