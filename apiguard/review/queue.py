@@ -97,9 +97,12 @@ class QueueService:
         messages = self.queue.messages(page_size, (page - 1) * page_size)
         return QueuePage(tuple(messages), total, page, pages)
 
+    def message(self, message_id: str) -> StoredMessage | None:
+        return self.queue.store.get(message_id)
+
     def show(self, message_id: str) -> QueuedMessage | None:
         """A message (in the queue or not any more) and its attempt history."""
-        message = self.queue.store.get(message_id)
+        message = self.message(message_id)
         if message is None:
             return None
         return QueuedMessage(message, tuple(self.queue.attempts(message_id)))

@@ -35,6 +35,8 @@ from apiguard.review import i18n
 from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
 from apiguard.review.display import attachment_content, message_view
+from apiguard.review.queue import QueueService
+from apiguard.review.queue_web import QueueViews
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
@@ -118,6 +120,7 @@ class ReviewApp:
         *,
         on_change: Callable[[], None] = lambda: None,
         circuits: CircuitBoard | None = None,
+        queue: QueueService | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -133,6 +136,14 @@ class ReviewApp:
             lstrip_blocks=True,
         )
         self.templates = Jinja2Templates(env=environment)
+        self.queue = QueueViews(
+            queue or QueueService(service.store, service.identity),
+            store,
+            render=self._render,
+            flash=self._flash,
+            on_change=on_change,
+            page_size=settings.page_size,
+        )
 
     # -- plumbing ------------------------------------------------------------
 
@@ -152,6 +163,11 @@ class ReviewApp:
             Route("/messages/{id}/{verb}", self._action(self.act_on_one), methods=["POST"]),
             Route("/bulk", self._action(self.act_on_many), methods=["POST"]),
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
+            Route("/queue", self._page(self.queue.listing), methods=["GET"]),
+            Route("/queue/retry", self._action(self.queue.retry_all), methods=["POST"]),
+            Route("/queue/{id}/retry", self._action(self.queue.retry), methods=["POST"]),
+            Route("/queue/{id}/delete", self._page(self.queue.confirm_delete), methods=["GET"]),
+            Route("/queue/{id}/delete", self._action(self.queue.delete), methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -433,9 +449,10 @@ def create_app(
     secret: str,
     on_change: Callable[[], None] = lambda: None,
     circuits: CircuitBoard | None = None,
+    queue: QueueService | None = None,
 ) -> Starlette:
     """The review page as an ASGI application."""
-    page = ReviewApp(service, store, settings, on_change=on_change, circuits=circuits)
+    page = ReviewApp(service, store, settings, on_change=on_change, circuits=circuits, queue=queue)
     return Starlette(
         routes=page.routes(),
         middleware=[
