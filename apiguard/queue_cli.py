@@ -271,21 +271,17 @@ def _refusal(change: QueueChange) -> None:
 
 def _report(action: str, changes: list[QueueChange], *, as_json: bool, notify: bool) -> None:
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": c.message_id,
-                        "outcome": c.outcome.value,
-                        "state": c.state or None,
-                        "recipients": c.recipients,
-                        **({"notified": c.notified} if action == "delete" else {}),
-                    }
-                    for c in changes
-                ],
-                ensure_ascii=False,
-            )
-        )
+        report = [
+            {
+                "id": c.message_id,
+                "outcome": c.outcome.value,
+                "state": c.state or None,
+                "recipients": c.recipients,
+                **({"notified": c.notified} if action == "delete" else {}),
+            }
+            for c in changes
+        ]
+        print(json.dumps(_clean(report), ensure_ascii=False))
     for change in changes:
         if not change.done:
             _refusal(change)

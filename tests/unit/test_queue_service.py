@@ -446,3 +446,25 @@ def test_queue_actions_exit_1_with_one_line_per_refusal_and_2_on_usage(
     assert shown["state"] == "held"
     assert [a["action"] for a in shown["audit"]] == ["retry", "hold"]
     assert shown["attempt_history"] == []
+
+
+def test_queue_show_text_gives_the_attempts_and_the_audit_trail(
+    store: SqliteStore, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue(store, "m1")
+    defer(store, "m1")
+    with sqlite3.connect(store.path) as db:
+        db.execute(
+            "INSERT INTO delivery_attempts (message_id, rcpt, at, outcome, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            ("m1", A, START - 60, "deferred", "connection refused\x1b[31m"),
+        )
+    assert main(["queue", "retry", "m1", "--actor", "bob", "--comment", "relais\x9b OK",
+                 "--config", config]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["queue", "show", "m1", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "État/state: queued" in out
+    assert f"2027-01-15 07:59:00 UTC  {A}  deferred  connection refused?[31m" in out
+    assert "bob  retry  « relais? OK »" in out
+    assert "\x1b" not in out and "\x9b" not in out
