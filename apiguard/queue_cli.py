@@ -266,6 +266,8 @@ def _refusal(change: QueueChange) -> None:
             " / being delivered right now: try again in a moment"
         ),
     }[change.outcome]
+    if change.state == "held":
+        reason += " : voir / see `apiguard review`"
     print(printable(f"{change.message_id}: {reason}"), file=sys.stderr)
 
 

@@ -440,7 +440,10 @@ def test_queue_actions_exit_1_with_one_line_per_refusal_and_2_on_usage(
         {"id": "m1", "outcome": "done", "state": "held", "recipients": 1}
     ]
     assert main(["queue", "delete", "m1", "--config", config]) == 1
-    assert "not in the delivery queue" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "m1: n'est pas dans la file d'attente (held) / not in the delivery queue"
+        " : voir / see `apiguard review`\n"
+    )
     assert main(["queue", "show", "m1", "--json", "--config", config]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["state"] == "held"
