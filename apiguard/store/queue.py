@@ -138,24 +138,24 @@ class QueueStore:
 
         def operation(db: sqlite3.Connection) -> list[QueueChange]:
             rows = db.execute(
-                "SELECT r.message_id, COUNT(*) FROM recipients r"
+                "SELECT r.message_id FROM recipients r"
                 " JOIN messages m ON m.id = r.message_id"
                 f" WHERE m.state = ? AND r.state IN (?, ?) AND {_WAITING_RETRY}"
                 " AND r.next_attempt_at > ? GROUP BY r.message_id ORDER BY MIN(m.seq)",
                 (MessageState.QUEUED.value, *_PENDING, now),
             ).fetchall()
-            db.execute(
-                f"UPDATE recipients AS r SET next_attempt_at = ?, updated_at = ?"
-                f" WHERE r.state IN (?, ?) AND {_WAITING_RETRY} AND r.next_attempt_at > ?"
-                " AND r.message_id IN (SELECT id FROM messages WHERE state = ?)",
-                (now, now, *_PENDING, now, MessageState.QUEUED.value),
-            )
             changes = []
-            for message_id, count in rows:
+            for (message_id,) in rows:
+                changed = db.execute(
+                    "UPDATE recipients SET next_attempt_at = ?, updated_at = ?"
+                    " WHERE message_id = ? AND state IN (?, ?)"
+                    " AND (state = 'deferred' OR attempts > 0) AND next_attempt_at > ?",
+                    (now, now, message_id, *_PENDING, now),
+                ).rowcount
                 self._audit(db, str(message_id), now, actor, "retry", comment)
                 changes.append(
                     QueueChange(
-                        QueueOutcome.DONE, str(message_id), MessageState.QUEUED.value, int(count)
+                        QueueOutcome.DONE, str(message_id), MessageState.QUEUED.value, changed
                     )
                 )
             return changes
