@@ -22,7 +22,7 @@ from typing import Any
 from apiguard.cli import UsageError
 from apiguard.config import load_settings
 from apiguard.review.queue import QueueChange, QueuedMessage, QueueOutcome, QueueService
-from apiguard.store.base import RecipientRow, RecipientState, StoredMessage
+from apiguard.store.base import RecipientRow, RecipientState, StoredMessage, StoreError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -78,14 +78,23 @@ def run(args: argparse.Namespace) -> int:
     database = settings.storage.path / "apiguard.sqlite3"
     if not database.exists():
         raise UsageError(f"{database}: no store here (has `apiguard serve` run?)")
-    store = SqliteStore(settings.storage.path)
     identity = NoticeIdentity(
         settings.notices.from_address, settings.notices.from_name, settings.smtp.hostname
     )
     try:
-        return _act(args, QueueService(store, identity))
-    finally:
-        store.close()
+        store = SqliteStore(settings.storage.path)
+        try:
+            return _act(args, QueueService(store, identity))
+        finally:
+            store.close()
+    except StoreError as error:
+        # A disk full or a database locked past its timeout: one line, never a traceback.
+        reason = " ".join(str(error).split())[:300]
+        print(
+            printable(f"apiguard: stockage inutilisable / cannot use the store: {reason}"),
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 def _act(args: argparse.Namespace, service: QueueService) -> int:

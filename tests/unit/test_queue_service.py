@@ -471,3 +471,16 @@ def test_queue_show_text_gives_the_attempts_and_the_audit_trail(
     assert f"2027-01-15 07:59:00 UTC  {A}  deferred  connection refused?[31m" in out
     assert "bob  retry  « relais? OK »" in out
     assert "\x1b" not in out and "\x9b" not in out
+
+
+def test_a_store_that_cannot_be_opened_gives_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    (broken / "apiguard.sqlite3").mkdir(parents=True)  # not a database file
+    config = tmp_path / "broken.toml"
+    config.write_text(f'[storage]\npath = "{broken}"\n')
+    assert main(["queue", "list", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("apiguard: stockage inutilisable / cannot use the store: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
