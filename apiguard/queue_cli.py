@@ -221,18 +221,27 @@ def _message_lines(message: StoredMessage) -> list[str]:
     return lines
 
 
+# What each line of a block says, as mailq's column headings do.
+_LEGEND = (
+    "Id  type  taille/size  reçu/received  de/from",
+    "    destinataire/recipient  état/state  essais/attempts  prochain essai/next attempt",
+    "        dernière réponse du relais / the relay's last reply",
+    "",
+)
+
+
 def queue_text(messages: Sequence[StoredMessage]) -> str:
     """`queue list`: one block per message, oldest first, then a count line."""
     if not messages:
         return "-- File d'attente vide. / Mail queue is empty."
-    lines: list[str] = []
+    lines: list[str] = list(_LEGEND)
     for message in messages:
         lines.extend(_message_lines(message))
         lines.append("")
-    waiting = sum(1 for m in messages for r in m.recipients if r.state in _WAITING)
+    left = sum(1 for m in messages for r in m.recipients if not r.state.is_final)
     lines.append(
-        f"-- {len(messages)} message(s) dans la file, {waiting} destinataire(s) en attente"
-        f" / {len(messages)} message(s) in the queue, {waiting} recipient(s) waiting"
+        f"-- {len(messages)} message(s) dans la file, {left} destinataire(s) à remettre"
+        f" / {len(messages)} message(s) in the queue, {left} recipient(s) to deliver"
     )
     return "\n".join(lines)
 

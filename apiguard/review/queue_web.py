@@ -25,7 +25,6 @@ log = structlog.get_logger("apiguard.review")
 
 Render = Callable[..., Response]
 Flash = Callable[..., None]
-WAITING = ("queued", "deferred")
 
 
 class QueueViews:
@@ -54,11 +53,8 @@ class QueueViews:
         except ValueError:
             number = 1
         page = await self.store.run(self.queue.page, number, self.page_size)
-        waiting = sum(1 for m in page.messages for r in m.recipients if r.state.value in WAITING)
         return self.render(
-            request,
-            "queue.html",
-            {"queue": page, "waiting": waiting, "page_link": lambda n: f"/queue?page={n}"},
+            request, "queue.html", {"queue": page, "page_link": lambda n: f"/queue?page={n}"}
         )
 
     async def confirm_delete(self, request: Request, user: str) -> Response:

@@ -172,7 +172,7 @@ async def test_list_show_retry_and_delete_with_notify_on_a_live_service(
     assert 3000 < wait.total_seconds() < 3700
     code, text, _ = await service.command("queue", "list")
     assert code == 0 and first in text and DURAND in text and "deferred" in text
-    assert text.rstrip().endswith("2 message(s) in the queue, 2 recipient(s) waiting")
+    assert text.rstrip().endswith("2 message(s) in the queue, 2 recipient(s) to deliver")
 
     # postqueue -f for one message: the live service tries it again at once.
     code, out, err = await service.command(

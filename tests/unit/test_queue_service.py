@@ -402,13 +402,14 @@ def test_queue_list_text_reads_like_mailq_and_strips_control_characters(
     store.complete("m1", [RecipientOutcome(A, RecipientState.DEFERRED, hostile, START)], now=START)
     assert main(["queue", "list", "--config", config]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("Id  type  taille/size  reçu/received  de/from\n")
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "451 4.3.0 ?]0;pwned? ?[2J try ? later" in out
     assert f"m1  mail  {len(RAW)} o/B" in out and SENDER in out
     assert f"    {A}  deferred  essais/attempts 1" in out
     assert out.rstrip().endswith(
-        "-- 1 message(s) dans la file, 1 destinataire(s) en attente"
-        " / 1 message(s) in the queue, 1 recipient(s) waiting"
+        "-- 1 message(s) dans la file, 1 destinataire(s) à remettre"
+        " / 1 message(s) in the queue, 1 recipient(s) to deliver"
     )
     assert main(["queue", "list", "--json", "--config", config]) == 0
     assert "\x1b" not in capsys.readouterr().out
