@@ -158,6 +158,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit.retry": "à réessayer maintenant",
         "audit.delete": "supprimé de la file",
         "audit.hold": "retenu depuis la file d'attente",
+        "queue.history": "Tentatives d'envoi",
+        "queue.history.none": "Aucune tentative enregistrée pour l'instant.",
+        "queue.history.at": "Quand",
+        "queue.history.rcpt": "Destinataire",
+        "queue.history.outcome": "Résultat",
+        "queue.history.reason": "Réponse du serveur ou cause",
     },
     "en": {
         "title": "apiguard — review",
@@ -305,6 +311,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit.retry": "to retry now",
         "audit.delete": "deleted from the queue",
         "audit.hold": "held from the delivery queue",
+        "queue.history": "Delivery attempts",
+        "queue.history.none": "No attempt recorded yet.",
+        "queue.history.at": "When",
+        "queue.history.rcpt": "Recipient",
+        "queue.history.outcome": "Outcome",
+        "queue.history.reason": "Server reply or cause",
     },
 }
 

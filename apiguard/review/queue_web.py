@@ -57,6 +57,15 @@ class QueueViews:
             request, "queue.html", {"queue": page, "page_link": lambda n: f"/queue?page={n}"}
         )
 
+    async def message(self, request: Request, user: str) -> Response:
+        """One message: each recipient's state, its attempt history, its audit trail."""
+        shown = await self.store.run(self.queue.show, request.path_params["id"])
+        if shown is None:
+            return self.render(request, "error.html", {"message": "msg.not_found"}, 404)
+        log.info("review.queue_viewed", actor=user, message_id=shown.message.id)
+        context = {"message": shown.message, "attempts": shown.attempts}
+        return self.render(request, "queue_message.html", context)
+
     async def confirm_delete(self, request: Request, user: str) -> Response:
         message_id = request.path_params["id"]
         return await self._confirmation(request, message_id)

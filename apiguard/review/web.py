@@ -165,6 +165,7 @@ class ReviewApp:
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
             Route("/queue", self._page(self.queue.listing), methods=["GET"]),
             Route("/queue/retry", self._action(self.queue.retry_all), methods=["POST"]),
+            Route("/queue/{id}", self._page(self.queue.message), methods=["GET"]),
             Route("/queue/{id}/retry", self._action(self.queue.retry), methods=["POST"]),
             Route("/queue/{id}/delete", self._page(self.queue.confirm_delete), methods=["GET"]),
             Route("/queue/{id}/delete", self._action(self.queue.delete), methods=["POST"]),

@@ -160,6 +160,32 @@ async def test_the_queue_view_lists_recipients_with_state_attempts_next_try_and_
     assert "Delivery queue" in html and "deferred" in html and "Retry now" in html
 
 
+async def test_a_queued_message_page_shows_its_attempt_history_and_audit_trail(
+    page: Page,
+) -> None:
+    queue(page.store, "m1")
+    with contextlib.closing(sqlite3.connect(page.store.path)) as db, db:
+        db.execute(
+            "INSERT INTO delivery_attempts (message_id, rcpt, at, outcome, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            ("m1", COLLEAGUE, time.time() - 60, "deferred", HOSTILE_REPLY),
+        )
+    await page.login()
+    listing = (await page.client.get("/queue")).text
+    assert '<a href="/queue/m1">' in listing
+    html = (await page.client.get("/queue/m1")).text
+    assert "Message m1" in html and "Tentatives d&#39;envoi" in html
+    history = html[html.index('class="attempts"') :]
+    assert COLLEAGUE in history and "différé" in history
+    assert "451 4.3.0 &lt;script&gt;alert(1)&lt;/script&gt; try later" in history
+    assert "<script>" not in html
+    assert 'action="/queue/m1/retry"' in html and 'href="/queue/m1/delete"' in html
+    await page.post("/queue/m1/retry")
+    html = (await page.client.get("/queue/m1")).text
+    assert "secretariat" in html and "à réessayer maintenant" in html
+    assert (await page.client.get("/queue/nope")).status_code == 404
+
+
 async def test_retry_from_the_page_is_audited_with_the_reviewer_and_wakes_delivery(
     page: Page,
 ) -> None:
@@ -308,6 +334,16 @@ async def test_an_operator_retries_then_deletes_queued_mail_from_the_queue_view(
                         "1 message(s) à réessayer maintenant"
                     )
                     await eventually(lambda: relay.attempts_to(COLLEAGUE) == 2)
+
+                    # The message's own page: its recipients, attempts and audit trail.
+                    await page.locator(f"#q-{message_id}").get_by_role("link").first.click()
+                    await expect(page.get_by_role("heading", level=1)).to_have_text(
+                        f"Message {message_id}"
+                    )
+                    await expect(page.locator("section.audit")).to_contain_text(
+                        "secretariat : à réessayer maintenant"
+                    )
+                    await page.get_by_role("link", name="Retour à la file d'attente").click()
 
                     # Delete: a confirmation page first, the sender told on request.
                     relay.deferring = False
