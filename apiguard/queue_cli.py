@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,10 @@ def printable(text: str) -> str:
 
 
 def _default_actor() -> str:
+    """Who runs the command: the person behind sudo, else the OS user."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user:
+        return sudo_user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a bare container)

@@ -485,3 +485,16 @@ def test_a_store_that_cannot_be_opened_gives_one_line_and_exit_1(
     err = capsys.readouterr().err
     assert err.startswith("apiguard: stockage inutilisable / cannot use the store: ")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_actions_are_audited_with_the_os_user_or_the_person_behind_sudo(
+    store: SqliteStore, config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue(store, "m1")
+    defer(store, "m1")
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("LOGNAME", "secretariat")
+    assert main(["queue", "retry", "m1", "--config", config]) == 0
+    monkeypatch.setenv("SUDO_USER", "dr.martin")
+    assert main(["queue", "retry", "m1", "--config", config]) == 0
+    assert [actor for actor, _, _ in audit(store, "m1")] == ["secretariat", "dr.martin"]
