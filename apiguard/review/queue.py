@@ -38,15 +38,14 @@ DELETED_DIAGNOSTIC = "X-Apiguard; deleted from the queue by the practice"
 
 
 def held_from_queue(actor: str) -> Finding:
-    """Why a message held with `queue hold` waits on the review page."""
+    """Why a message held with `queue hold` waits on the review page. No "what
+    to do": a rejection notice would show it to the sender, who has nothing to fix."""
     return Finding(
         "queue.hold",
         None,
         Action.HOLD,
         f"retenu depuis la file d'attente par {actor}",
         f"held from the delivery queue by {actor}",
-        "Vérifiez le message, puis libérez-le pour l'envoyer ou refusez-le.",
-        "Check the message, then release it to send it or reject it.",
     )
 
 

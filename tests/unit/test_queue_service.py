@@ -346,6 +346,7 @@ def test_hold_moves_the_message_to_review_where_release_delivers_it(
     ]
     assert [f.rule for f in message.findings] == ["queue.hold"]
     assert "alice" in message.findings[0].message_fr
+    assert (message.findings[0].fix_fr, message.findings[0].fix_en) == ("", "")
     with sqlite3.connect(store.path) as db:  # held contents never pin a segment
         assert db.execute("SELECT COUNT(*) FROM message_segments").fetchone()[0] == 0
     assert store.get_raw("m1") == raw
