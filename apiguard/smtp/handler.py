@@ -27,6 +27,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from apiguard import metrics
+from apiguard.controls import has_control
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
 from apiguard.smtp import replies
@@ -142,6 +143,18 @@ CLIENT_THROTTLED = Reply(
     421, "4.7.0", "trop de connexions, reessayez plus tard / too many connections, try again later"
 )
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "trop d'erreurs, au revoir / too many errors, closing")
+SENDER_HAS_CONTROLS = Reply(
+    553,
+    "5.1.7",
+    "adresse d'expediteur invalide (caractere de controle): corrigez l'adresse dans le "
+    "logiciel d'envoi / sender address contains a control character: fix the address",
+)
+RECIPIENT_HAS_CONTROLS = Reply(
+    553,
+    "5.1.3",
+    "adresse de destinataire invalide (caractere de controle): corrigez l'adresse / "
+    "recipient address contains a control character: fix the address",
+)
 SENDER_NOT_ALLOWED = Reply(
     553, "5.7.1", "expediteur non autorise pour ce compte / sender not allowed for this user"
 )
@@ -419,6 +432,9 @@ class ApiguardHandler:
     ) -> str:
         if not self.accepting:
             return str(replies.SHUTTING_DOWN)
+        if has_control(address):
+            log.warning("smtp.address_refused", reason="control_character", field="mail_from")
+            return str(SENDER_HAS_CONTROLS)
         user = session.auth_data
         if isinstance(user, SubmissionUser) and not user.may_send_as(address):
             log.warning("smtp.sender_not_allowed", user=user.name)
@@ -435,6 +451,9 @@ class ApiguardHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if has_control(address):
+            log.warning("smtp.address_refused", reason="control_character", field="rcpt_to")
+            return str(RECIPIENT_HAS_CONTROLS)
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
         refusal = self.pipeline.check_recipient(
