@@ -258,7 +258,11 @@ class CharterSettings(Section):
     allowed_recipient_domains: list[str] = Field(
         default_factory=lambda: ["apicrypt.org", "mssante.fr"]
     )
-    allowed_sender_domains: list[str] = Field(default_factory=list)
+    # Envelope senders the practice owns (and the only ones notices go to, with
+    # authenticated senders); empty: any sender, notices to authenticated ones only.
+    allowed_sender_domains: list[str] = Field(
+        default_factory=lambda: ["apicrypt.org", "mssante.fr"]
+    )
     correspondents: str = ""
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

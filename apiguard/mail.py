@@ -43,10 +43,13 @@ _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """The SMTP envelope: reverse-path (empty for notifications) and recipients."""
+    """The SMTP envelope: reverse-path (empty for notifications) and recipients;
+    `authenticated` when the session logged in with SMTP AUTH (the account
+    vouches for the sender, as RFC 4954's `AUTH=` parameter would)."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
+    authenticated: bool = False
 
     @property
     def is_notification(self) -> bool:

@@ -25,6 +25,7 @@ from apiguard.config import Settings
 from apiguard.delivery import new_message_id, notice_message
 from apiguard.fingerprint import content_fingerprint
 from apiguard.mail import Envelope, ParsedMessage, parse_message
+from apiguard.notice_targets import NoticeTargets
 from apiguard.notices import NoticeIdentity, circuit_alert, hold_notice, reject_notice
 from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
@@ -117,6 +118,7 @@ class Pipeline:
             from_name=settings.notices.from_name,
             reporting_mta=settings.smtp.hostname,
         )
+        self.notice_targets = NoticeTargets(tuple(settings.charter.allowed_sender_domains))
 
     def check_recipient(self, mail_from: str, rcpt: str, accepted: list[str]) -> Reply | None:
         """RCPT time: the first refusing recipient-scope finding, or None to accept."""
@@ -358,7 +360,8 @@ class Pipeline:
         rule = self.charter.rule(RATE)
         limits = getattr(rule.params, "limits_for", None) if rule is not None else None
         per_short, per_day = limits(sender) if callable(limits) else (0, 0)
-        targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender) if t)
+        owned = self.notice_targets.owned(sender, authenticated=False)
+        targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender if owned else "") if t)
         return tuple(
             notice_message(
                 circuit_alert(
@@ -440,7 +443,13 @@ class Pipeline:
                     arrival=now,
                     hold_days=self.settings.review.hold_days,
                 )
-            if notice_raw is not None:
+            if notice_raw is not None and not self.notice_targets.owned(
+                envelope.mail_from, authenticated=envelope.authenticated
+            ):
+                # Backscatter: the sender is a claim the practice cannot vouch for.
+                log.info("notice.dropped", message_id=message_id, reason="sender_not_owned")
+                metrics.record_notice_dropped()
+            elif notice_raw is not None:
                 notices.append(notice_message(notice_raw, envelope.mail_from, message_id, now))
         return message, tuple(notices)
 

@@ -476,7 +476,11 @@ class ApiguardHandler:
                 raw = raw.encode("utf-8", "surrogateescape")
             peer = session.peer[0] if isinstance(session.peer, tuple) else ""
             reply = await self.pipeline.receive(
-                Envelope(envelope.mail_from or "", tuple(envelope.rcpt_tos)),
+                Envelope(
+                    envelope.mail_from or "",
+                    tuple(envelope.rcpt_tos),
+                    authenticated=bool(session.authenticated),
+                ),
                 raw,
                 peer=str(peer),
                 helo=str(session.host_name or ""),

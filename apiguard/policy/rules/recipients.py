@@ -87,10 +87,14 @@ class SenderDomain(Rule):
         if not allowed or ctx.is_notification or domain_allowed(sender, allowed):
             return None
         return self.finding(
-            "expéditeur non autorisé sur ce relais",
-            "sender not allowed through this relay",
-            "Envoyez depuis l'adresse de messagerie sécurisée du cabinet.",
-            "Send from the practice's secure messaging address.",
+            "expéditeur hors messagerie sécurisée de santé, non autorisé sur ce relais",
+            "sender outside the secure health messaging domains, not allowed through this relay",
+            "Envoyez depuis l'adresse de messagerie sécurisée du cabinet (APICRYPT, MSSanté), "
+            "réglée dans le logiciel d'envoi. Si une autre adresse doit pouvoir envoyer, "
+            "l'administrateur ajoute son domaine à charter.allowed_sender_domains.",
+            "Send from the practice's secure messaging address (APICRYPT, MSSanté), set in the "
+            "sending software. If another address must be able to send, the administrator "
+            "adds its domain to charter.allowed_sender_domains.",
         )
 
 
