@@ -36,7 +36,6 @@ from apiguard.store.base import MessageKind, MessageState, NewMessage, StoreErro
 from apiguard.store.sqlite import SPOOL_SIZE
 from apiguard.store.volume import VolumeStore
 from apiguard.volume import (
-    NO_HISTORY,
     RATE,
     Settlement,
     SettleOutcome,
@@ -143,11 +142,9 @@ class Pipeline:
             metrics.record_error("evaluation")
             return _INTERNAL_ERROR
         stored_raw = self._trace(message_id, peer, helo, now) + raw
-        if (
-            self.volume is not None
-            and not envelope.is_notification
-            and len(stored_raw) <= SPOOL_SIZE
-        ):
+        # The null sender is counted too: a genuine report like any message,
+        # anything else so that a flood under `<>` shows (and is refused).
+        if self.volume is not None and len(stored_raw) <= SPOOL_SIZE:
             # One store visit: reserve the counts, judge the rules that read live
             # state and accept, in one transaction (a failure rolls it all back).
             try:
@@ -282,8 +279,6 @@ class Pipeline:
         """Reserve the message's place in the volume counts (raises StoreError)."""
         if self.volume is None:
             return None
-        if envelope.is_notification:
-            return NO_HISTORY
         # Not durable: a reservation lost in a crash belongs to a message that
         # was not accepted either (the accept's own commit carries it to disk).
         volume, windows = self.volume, self.windows
@@ -304,7 +299,7 @@ class Pipeline:
     ) -> Callable[[sqlite3.Connection], SettleOutcome] | None:
         """The follow-up that settles the volume counts inside the accept transaction."""
         volume = self.volume
-        if volume is None or snapshot is None or envelope.is_notification:
+        if volume is None or snapshot is None:
             return None
         settlement = Settlement.of(message_id, envelope.mail_from, snapshot, decision, stored=True)
         alerts = (
@@ -331,7 +326,7 @@ class Pipeline:
     ) -> SettleOutcome:
         """Tell the volume store the decision. A failure here is logged only: the
         reservation is settled at the next start-up."""
-        if self.volume is None or snapshot is None or envelope.is_notification:
+        if self.volume is None or snapshot is None:
             return SettleOutcome()
         settlement = Settlement.of(
             message_id, envelope.mail_from, snapshot, decision, stored=stored

@@ -155,6 +155,12 @@ RECIPIENT_HAS_CONTROLS = Reply(
     "adresse de destinataire invalide (caractere de controle): corrigez l'adresse / "
     "recipient address contains a control character: fix the address",
 )
+NULL_SENDER_ONE_RECIPIENT = Reply(
+    452,
+    "4.5.3",
+    "un avis avec l'expediteur vide <> ne va qu'a un seul destinataire: envoyez un avis par "
+    "destinataire / a report under the null sender <> goes to one recipient: send one each",
+)
 SENDER_NOT_ALLOWED = Reply(
     553, "5.7.1", "expediteur non autorise pour ce compte / sender not allowed for this user"
 )
@@ -434,6 +440,7 @@ class ApiguardHandler:
             return str(replies.SHUTTING_DOWN)
         if has_control(address):
             log.warning("smtp.address_refused", reason="control_character", field="mail_from")
+            metrics.record_refusal("address_controls")
             return str(SENDER_HAS_CONTROLS)
         user = session.auth_data
         if isinstance(user, SubmissionUser) and not user.may_send_as(address):
@@ -453,9 +460,13 @@ class ApiguardHandler:
     ) -> str:
         if has_control(address):
             log.warning("smtp.address_refused", reason="control_character", field="rcpt_to")
+            metrics.record_refusal("address_controls")
             return str(RECIPIENT_HAS_CONTROLS)
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
+        if envelope.mail_from in ("", "<>") and envelope.rcpt_tos:
+            metrics.record_refusal("null_sender")
+            return str(NULL_SENDER_ONE_RECIPIENT)
         refusal = self.pipeline.check_recipient(
             envelope.mail_from or "", address, list(envelope.rcpt_tos)
         )

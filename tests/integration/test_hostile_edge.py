@@ -5,13 +5,17 @@ and per-address connection limits (real proxy and sink on 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
+import aiosmtplib
 import pytest
+import structlog
 
 from apiguard.cli import main
 from apiguard.controls import terminal_safe
-from tests.support import Sink, letter, proxy_settings, running_proxy, send
+from apiguard.notices import FailedRecipient, NoticeIdentity, bounce
+from tests.support import Sink, eventually, letter, proxy_settings, running_proxy, send
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -99,3 +103,73 @@ async def test_review_show_and_list_print_no_terminal_control_sequences(
 )
 def test_terminal_safe_removes_escape_sequences_and_controls(text: str, shown: str) -> None:
     assert terminal_safe(text) == shown
+
+
+WEBINAR = (
+    b"From: <urps@medical69.apicrypt.org>\r\nSubject: Webinaire teleexpertise\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"L'URPS organise un webinaire le mardi 8 avril de 13h a 14h. Inscrivez-vous ici : "
+    b"https://example.invalid/webinaire\r\n"
+)
+
+
+async def test_the_null_sender_is_refused_for_anything_but_a_genuine_report(
+    sink: Sink, storage: Path
+) -> None:
+    """Issue 18: twelve identical announcements under `<>` were all delivered."""
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        with structlog.testing.capture_logs() as logs:
+            for n in range(12):
+                with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                    await send(app.port, "", [f"dr.n{n}@medical69.apicrypt.org"], WEBINAR)
+                assert refused.value.code == 550
+                assert refused.value.message.startswith("5.7.1 sender.null")
+                assert "avis de non-remise" in refused.value.message
+            # A genuine report goes through, and gets no notice back.
+            _, reply = await send(app.port, "", [SENDER], genuine_report())
+            assert reply.startswith("2.0.0 queued")
+            await eventually(lambda: len(sink.handler.messages) == 1)
+            await asyncio.sleep(0.3)
+    assert sink.handler.messages[0].rcpt_tos == [SENDER]
+    assert sink.handler.messages[0].mail_from in ("", "<>")
+    decisions = [e for e in logs if e["event"] == "smtp.decision"]
+    assert [d["verdict"] for d in decisions] == ["reject"] * 12 + ["forward"]
+    assert all(d["notices"] == 0 for d in decisions)
+
+
+async def test_the_volume_rules_count_mail_under_the_null_sender(sink: Sink, storage: Path) -> None:
+    # Even where `sender.null` only warns, `<>` does not escape Article 2.
+    settings = proxy_settings(
+        storage, sink.port, charter={"rules": {"sender.null": {"action": "warn"}}}
+    )
+    async with running_proxy(settings) as app:
+        with structlog.testing.capture_logs() as logs:
+            for n in range(7):
+                with contextlib.suppress(aiosmtplib.SMTPDataError):
+                    await send(app.port, "", [f"dr.n{n}@medical69.apicrypt.org"], letter(1))
+    decisions = [e for e in logs if e["event"] == "smtp.decision"]
+    assert [d["verdict"] for d in decisions] == ["forward"] * 5 + ["reject"] * 2
+    assert all("art2.fanout" in d["rules"] for d in decisions[5:])
+
+
+async def test_a_report_under_the_null_sender_takes_one_recipient(
+    sink: Sink, storage: Path
+) -> None:
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        reader, writer = await session(app.port)
+        assert (await command(reader, writer, b"MAIL FROM:<>"))[:3] == "250"
+        assert (await command(reader, writer, f"RCPT TO:<{SENDER}>".encode()))[:3] == "250"
+        reply = await command(reader, writer, f"RCPT TO:<{COLLEAGUE}>".encode())
+        assert reply.startswith("452 4.5.3 ") and "un seul destinataire" in reply
+        writer.close()
+
+
+def genuine_report() -> bytes:
+    return bounce(
+        identity=NoticeIdentity(reporting_mta="mta.medical13.apicrypt.org"),
+        message_id="m1",
+        sender=SENDER,
+        failures=[FailedRecipient(COLLEAGUE, "failed", "5.1.1", "smtp; 550 5.1.1 unknown")],
+        original_raw=letter(9),
+        arrival=0.0,
+    )
