@@ -95,6 +95,13 @@ class SmtpSettings(Section):
     data_timeout: float = Field(default=600.0, gt=0)
     max_line_length: int = Field(default=1000, ge=1000, le=MiB)
     max_errors: int = Field(default=10, ge=1)
+    # Hostile clients (issue 18): limits on what one client may hold.
+    max_inflight_bytes: int = Field(default=512 * MiB, ge=MiB)
+    max_sessions_per_address: int = Field(default=20, ge=1)
+    max_unauthenticated_sessions: int = Field(default=20, ge=1)
+    pre_auth_timeout: float = Field(default=20.0, gt=0)
+    auth_failures_free: int = Field(default=3, ge=1)
+    auth_throttle_max: float = Field(default=300.0, gt=0)
 
     @field_validator("allowed_networks")
     @classmethod

@@ -173,3 +173,71 @@ def genuine_report() -> bytes:
         original_raw=letter(9),
         arrival=0.0,
     )
+
+
+async def test_past_the_memory_budget_new_data_gets_452_before_it_is_read(
+    sink: Sink, storage: Path
+) -> None:
+    limit = 1024 * 1024
+    settings = proxy_settings(storage, sink.port, smtp={"max_inflight_bytes": limit})
+    async with running_proxy(settings) as app:
+        budget = app.listeners.budget
+        # Other sessions' data in memory: all but 40 KB of the budget (how much a
+        # slow upload holds depends on how the socket splits it; here it is exact).
+        assert budget.take(limit - 40_000)
+        reader, writer = await session(app.port)
+        reply = await command(reader, writer, f"MAIL FROM:<{SENDER}> SIZE=200000".encode())
+        assert reply.startswith("452 4.3.1 ") and "memoire" in reply and "memory" in reply
+        assert (await command(reader, writer, f"MAIL FROM:<{SENDER}>".encode()))[:3] == "250"
+        assert (await command(reader, writer, f"RCPT TO:<{COLLEAGUE}>".encode()))[:3] == "250"
+        assert (await command(reader, writer, b"DATA")).startswith("452 4.3.1 ")
+        # The client is told before sending a byte of data; the session goes on.
+        budget.give_back(limit - 40_000)
+        assert (await command(reader, writer, b"DATA"))[:3] == "354"
+        reply = await command(reader, writer, letter(1) + b".")
+        assert reply.startswith("250 2.0.0 queued")
+        writer.close()
+
+        # A transfer that runs past the budget half-way: read to its end,
+        # discarded, 452; and all of its charge comes back.
+        assert budget.take(limit - 300_000)
+        reader, writer = await session(app.port)
+        for line in (f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{COLLEAGUE}>", "DATA"):
+            assert (await command(reader, writer, line.encode()))[0] in "23"
+        reply = await command(reader, writer, letter(2) + (b"Y" * 998 + b"\r\n") * 600 + b".")
+        assert reply.startswith("452 4.3.1 ")
+        writer.close()
+        budget.give_back(limit - 300_000)
+        await eventually(lambda: budget.used == 0)
+    assert len(sink.handler.messages) == 1
+
+
+async def test_concurrent_uploads_share_the_budget_and_none_goes_over_it(
+    sink: Sink, storage: Path
+) -> None:
+    limit = 2 * 1024 * 1024
+    settings = proxy_settings(storage, sink.port, smtp={"max_inflight_bytes": limit})
+    message = letter(4) + (b"W" * 998 + b"\r\n") * 600  # about 600 KB each
+    async with running_proxy(settings) as app:
+        budget = app.listeners.budget
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, budget.used)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        outcomes = await asyncio.gather(
+            *(send(app.port, SENDER, [COLLEAGUE], message) for _ in range(8)),
+            return_exceptions=True,
+        )
+        watcher.cancel()
+    # Read to the end and judged (the filler breaks HPRIM: 550), or refused for memory.
+    judged = [o for o in outcomes if isinstance(o, aiosmtplib.SMTPDataError) and o.code == 550]
+    over = [
+        o for o in outcomes if isinstance(o, aiosmtplib.SMTPResponseException) and o.code == 452
+    ]
+    assert peak <= limit
+    assert judged and over and len(judged) + len(over) == 8, outcomes
