@@ -226,6 +226,8 @@ class ReviewSettings(Section):
     session_secret: str = ""
     send_delay: float = Field(default=0.0, ge=0)
     page_size: int = Field(default=50, ge=1, le=500)
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @field_validator("users")
     @classmethod
@@ -249,6 +251,14 @@ class ReviewSettings(Section):
     def _someone_can_log_in(self) -> ReviewSettings:
         if self.enabled and not self.users and not self.token:
             raise ValueError("the review page is enabled but no `users` nor `token` is set")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.enabled and not self.tls_cert and not host_is_loopback(self.host):
+            raise ValueError(
+                f"listening on {self.host!r} (not loopback) needs tls_cert and tls_key: "
+                "passwords and patient data must not cross the network in clear; "
+                "or listen on 127.0.0.1"
+            )
         return self
 
 
