@@ -356,6 +356,9 @@ class Pipeline:
         limits = getattr(rule.params, "limits_for", None) if rule is not None else None
         per_short, per_day = limits(sender) if callable(limits) else (0, 0)
         owned = self.notice_targets.owned(sender, authenticated=False)
+        if sender and not owned:
+            log.info("notice.dropped", message_id=message_id, reason="sender_not_owned")
+            metrics.record_notice_dropped()
         targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender if owned else "") if t)
         return tuple(
             notice_message(

@@ -65,9 +65,7 @@ class ReviewSessions:
         if len(self._open) >= MAX_SESSIONS:
             self._prune(now)
         session_id = secrets.token_urlsafe(32)
-        self._open[session_id] = _Session(
-            actor, credential_digest(current), now + self.lifetime
-        )
+        self._open[session_id] = _Session(actor, credential_digest(current), now + self.lifetime)
         return session_id
 
     def actor(self, session_id: object) -> str | None:
