@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from apiguard import __version__
 from apiguard.config import ConfigError, Settings, load_settings
+from apiguard.controls import terminal_safe
 from apiguard.correspondents import DirectoryError
 from apiguard.mail import Envelope, ParsedMessage, parse_message
 from apiguard.policy.charter import CharterConfigError
@@ -228,7 +229,8 @@ def _print_check(result: dict[str, Any], as_json: bool) -> None:
     for finding in result["findings"]:
         article = f"Art. {finding['article']}" if finding["article"] else "-"
         who = f" [{finding['recipient']}]" if "recipient" in finding else ""
-        print(f"  {finding['action']:6} {finding['rule']} ({article}){who}: {finding['message']}")
+        line = f"  {finding['action']:6} {finding['rule']} ({article}){who}: {finding['message']}"
+        print(terminal_safe(line))
     print(f"checked: {', '.join(result['checked'])}")
 
 
@@ -312,7 +314,8 @@ def _review(args: argparse.Namespace) -> int:
                 for m in held:
                     when = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M")
                     rules = ",".join(f.rule for f in m.findings)
-                    print(f"{m.id}  {when}  {m.mail_from}  {len(m.recipients)} dest.  {rules}")
+                    sender = terminal_safe(m.mail_from)
+                    print(f"{m.id}  {when}  {sender}  {len(m.recipients)} dest.  {rules}")
             return EXIT_OK
         if args.action == "show":
             shown = service.show(args.id)
@@ -324,10 +327,10 @@ def _review(args: argparse.Namespace) -> int:
                 print(json.dumps(_message_json(message), ensure_ascii=False))
             else:
                 data = _message_json(message)
-                print(json.dumps(data, ensure_ascii=False, indent=2))
+                print(terminal_safe(json.dumps(data, ensure_ascii=False, indent=2)))
                 if raw is not None:
                     print("-" * 60)
-                    print(parse_message(raw).text)
+                    print(terminal_safe(parse_message(raw).text))
             return EXIT_OK
         if args.action == "release":
             result = service.release(args.id, args.actor, args.comment)
@@ -386,8 +389,9 @@ def _circuit(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 for c in circuits:
                     when = datetime.fromtimestamp(c.opened_at, UTC).strftime("%Y-%m-%d %H:%M")
+                    sender = terminal_safe(c.sender)
                     print(
-                        f"{c.sender}  ouvert/opened {when}  {c.messages_short} msg/10 min"
+                        f"{sender}  ouvert/opened {when}  {c.messages_short} msg/10 min"
                         f"  {c.messages_day} msg/24 h  {c.held_messages} retenu(s)/held"
                     )
             return EXIT_OK

@@ -95,6 +95,13 @@ class SmtpSettings(Section):
     data_timeout: float = Field(default=600.0, gt=0)
     max_line_length: int = Field(default=1000, ge=1000, le=MiB)
     max_errors: int = Field(default=10, ge=1)
+    # Hostile clients (issue 18): limits on what one client may hold.
+    max_inflight_bytes: int = Field(default=512 * MiB, ge=MiB)
+    max_sessions_per_address: int = Field(default=20, ge=1)
+    max_unauthenticated_sessions: int = Field(default=20, ge=1)
+    pre_auth_timeout: float = Field(default=20.0, gt=0)
+    auth_failures_free: int = Field(default=3, ge=1)
+    auth_throttle_max: float = Field(default=300.0, gt=0)
 
     @field_validator("allowed_networks")
     @classmethod
@@ -219,6 +226,8 @@ class ReviewSettings(Section):
     session_secret: str = ""
     send_delay: float = Field(default=0.0, ge=0)
     page_size: int = Field(default=50, ge=1, le=500)
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @field_validator("users")
     @classmethod
@@ -242,6 +251,14 @@ class ReviewSettings(Section):
     def _someone_can_log_in(self) -> ReviewSettings:
         if self.enabled and not self.users and not self.token:
             raise ValueError("the review page is enabled but no `users` nor `token` is set")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.enabled and not self.tls_cert and not host_is_loopback(self.host):
+            raise ValueError(
+                f"listening on {self.host!r} (not loopback) needs tls_cert and tls_key: "
+                "passwords and patient data must not cross the network in clear; "
+                "or listen on 127.0.0.1"
+            )
         return self
 
 
@@ -258,7 +275,11 @@ class CharterSettings(Section):
     allowed_recipient_domains: list[str] = Field(
         default_factory=lambda: ["apicrypt.org", "mssante.fr"]
     )
-    allowed_sender_domains: list[str] = Field(default_factory=list)
+    # Envelope senders the practice owns (and the only ones notices go to, with
+    # authenticated senders); empty: any sender, notices to authenticated ones only.
+    allowed_sender_domains: list[str] = Field(
+        default_factory=lambda: ["apicrypt.org", "mssante.fr"]
+    )
     correspondents: str = ""
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

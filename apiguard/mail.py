@@ -43,10 +43,13 @@ _HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """The SMTP envelope: reverse-path (empty for notifications) and recipients."""
+    """The SMTP envelope: reverse-path (empty for notifications) and recipients;
+    `authenticated` when the session logged in with SMTP AUTH (the account
+    vouches for the sender, as RFC 4954's `AUTH=` parameter would)."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
+    authenticated: bool = False
 
     @property
     def is_notification(self) -> bool:
@@ -84,6 +87,8 @@ class ParsedMessage:
     size: int
     html_only: bool = False
     text_charsets: tuple[str, ...] = field(default=())
+    # The content types of a multipart message's top-level parts (empty otherwise).
+    part_types: tuple[str, ...] = field(default=())
 
     def header(self, name: str) -> str | None:
         """The first header of that name, decoded, or None."""
@@ -459,6 +464,12 @@ def _parse(raw: bytes) -> ParsedMessage:
             texts.append(text)
     html_only = not texts and bool(html_texts)
     body = "\n".join(texts) if texts else "\n".join(html_texts)
+    top_parts = message.get_payload() if message.is_multipart() else []
+    part_types = tuple(
+        (p.get_content_type() or "").lower()
+        for p in top_parts
+        if isinstance(p, email.message.Message)
+    )
     return ParsedMessage(
         headers=tuple(headers),
         text=body,
@@ -467,4 +478,5 @@ def _parse(raw: bytes) -> ParsedMessage:
         size=len(raw),
         html_only=html_only,
         text_charsets=tuple(charsets),
+        part_types=part_types,
     )

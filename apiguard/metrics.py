@@ -34,7 +34,14 @@ ACTIONS = ("warn", "hold", "reject")
 KINDS = ("mail", "notice")
 DELIVERY_OUTCOMES = ("delivered", "deferred", "failed")
 QUEUE_STATES = ("queued", "deferred", "sending", "held")
-CONNECTION_OUTCOMES = ("accepted", "refused_network", "refused_sessions", "refused_rate")
+CONNECTION_OUTCOMES = (
+    "accepted",
+    "refused_network",
+    "refused_sessions",
+    "refused_rate",
+    "refused_address_sessions",
+    "refused_unauthenticated",
+)
 AUTH_RESULTS = ("success", "failure")
 ERROR_STAGES = ("evaluation", "store")
 _RULE_ID = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9-]+)+$")
@@ -99,6 +106,27 @@ SMTP_AUTH = Counter(
     registry=REGISTRY,
 )
 
+# Hostile input (issue 18): what the edge refuses, and notices not sent.
+EDGE_REFUSALS = (
+    "address_controls",
+    "null_sender",
+    "inflight_budget",
+    "auth_throttled",
+    "idle_before_auth",
+)
+SMTP_REFUSALS = Counter(
+    "apiguard_smtp_refusals",
+    "SMTP commands or sessions refused by the edge's protections, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+NOTICES_DROPPED = Counter(
+    "apiguard_notices_dropped",
+    "Notices not sent because the sender is not one the practice owns.",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 
 def _closed(value: str, allowed: Iterable[str]) -> str:
     return value if value in allowed else "other"
@@ -127,6 +155,9 @@ def initialise(rule_ids: Iterable[str]) -> None:
         SMTP_CONNECTIONS.labels(outcome=outcome)
     for result in AUTH_RESULTS:
         SMTP_AUTH.labels(result=result)
+    for reason in EDGE_REFUSALS:
+        SMTP_REFUSALS.labels(reason=reason)
+    NOTICES_DROPPED.labels(reason="sender_not_owned")
 
 
 def record_decision(decision: Decision) -> None:
@@ -164,6 +195,15 @@ def record_connection(outcome: str) -> None:
 
 def record_auth(success: bool) -> None:
     SMTP_AUTH.labels(result="success" if success else "failure").inc()
+
+
+def record_refusal(reason: str) -> None:
+    """A command refused by the edge's protections (`EDGE_REFUSALS`)."""
+    SMTP_REFUSALS.labels(reason=_closed(reason, EDGE_REFUSALS)).inc()
+
+
+def record_notice_dropped(reason: str = "sender_not_owned") -> None:
+    NOTICES_DROPPED.labels(reason=_closed(reason, ("sender_not_owned",))).inc()
 
 
 def set_queue_depth(counts: Mapping[str, int]) -> None:

@@ -34,6 +34,14 @@ SAFE_HEADERS = (
     "user-agent",
     "mime-version",
 )
+# At most this many identification header lines, and bytes, are quoted back:
+# a notice never carries a payload the sender chose.
+MAX_QUOTED_HEADER_LINES = 20
+MAX_QUOTED_HEADER_BYTES = 4096
+# A DSN field (Diagnostic-Code, Final-Recipient) holds one line of this length at most.
+MAX_DSN_FIELD = 500
+# C0 and C1 controls (tab and newlines included: a field is one line) and DEL.
+_FIELD_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _QP_UTF8 = email.charset.Charset("utf-8")
 _QP_UTF8.body_encoding = email.charset.QP
 
@@ -57,6 +65,13 @@ class NoticeIdentity:
     reporting_mta: str = "apiguard.localhost"
 
 
+def dsn_field(text: str, limit: int = MAX_DSN_FIELD) -> str:
+    """One clean line for a DSN field: a multi-line relay reply folded into one
+    line, control characters dropped, spaces collapsed, the length capped."""
+    folded = " ".join(_FIELD_CONTROLS.sub(" ", text).split())
+    return folded if len(folded) <= limit else folded[: limit - 3] + "..."
+
+
 def safe_headers(raw: bytes) -> str:
     """The identification headers of a raw message, unfolded, one per line."""
     head = re.split(rb"\r\n\r\n|\n\n|\r\r", raw, maxsplit=1)[0][:65536]
@@ -72,11 +87,16 @@ def safe_headers(raw: bytes) -> str:
         current = [line]
     if current:
         lines.append(" ".join(current))
-    kept = []
+    kept: list[str] = []
+    size = 0
     for line in lines:
         name, sep, _ = line.partition(":")
         if sep and name.strip().lower() in SAFE_HEADERS:
-            kept.append(line[:998])
+            line = dsn_field(line, 998)
+            size += len(line.encode("utf-8")) + 1
+            if len(kept) == MAX_QUOTED_HEADER_LINES or size > MAX_QUOTED_HEADER_BYTES:
+                break
+            kept.append(line)
     return "\n".join(kept) + "\n"
 
 
@@ -106,10 +126,10 @@ def _dsn_blocks(
     blocks = [per_message]
     for recipient in recipients:
         block = email.message.Message()
-        block["Final-Recipient"] = f"rfc822; {recipient.rcpt}"
+        block["Final-Recipient"] = f"rfc822; {dsn_field(recipient.rcpt)}"
         block["Action"] = recipient.action
-        block["Status"] = recipient.status
-        block["Diagnostic-Code"] = recipient.diagnostic[:900]
+        block["Status"] = dsn_field(recipient.status, 20)
+        block["Diagnostic-Code"] = dsn_field(recipient.diagnostic)
         blocks.append(block)
     return blocks
 
@@ -286,7 +306,10 @@ def bounce(
     expired: bool = False,
 ) -> bytes:
     """Delivery failed for some recipients: a wrong address is reported back."""
-    listing = "\n".join(f" - {f.rcpt} : {f.diagnostic.removeprefix('smtp; ')}" for f in failures)
+    listing = "\n".join(
+        f" - {dsn_field(f.rcpt)} : {dsn_field(f.diagnostic).removeprefix('smtp; ')}"
+        for f in failures
+    )
     if expired:
         reason_fr = (
             "Le serveur de messagerie n'a pas pu être joint pendant toute la durée prévue : "

@@ -25,6 +25,7 @@ from apiguard.config import Settings
 from apiguard.delivery import new_message_id, notice_message
 from apiguard.fingerprint import content_fingerprint
 from apiguard.mail import Envelope, ParsedMessage, parse_message
+from apiguard.notice_targets import NoticeTargets
 from apiguard.notices import NoticeIdentity, circuit_alert, hold_notice, reject_notice
 from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
@@ -35,7 +36,6 @@ from apiguard.store.base import MessageKind, MessageState, NewMessage, StoreErro
 from apiguard.store.sqlite import SPOOL_SIZE
 from apiguard.store.volume import VolumeStore
 from apiguard.volume import (
-    NO_HISTORY,
     RATE,
     Settlement,
     SettleOutcome,
@@ -117,6 +117,7 @@ class Pipeline:
             from_name=settings.notices.from_name,
             reporting_mta=settings.smtp.hostname,
         )
+        self.notice_targets = NoticeTargets(tuple(settings.charter.allowed_sender_domains))
 
     def check_recipient(self, mail_from: str, rcpt: str, accepted: list[str]) -> Reply | None:
         """RCPT time: the first refusing recipient-scope finding, or None to accept."""
@@ -141,11 +142,9 @@ class Pipeline:
             metrics.record_error("evaluation")
             return _INTERNAL_ERROR
         stored_raw = self._trace(message_id, peer, helo, now) + raw
-        if (
-            self.volume is not None
-            and not envelope.is_notification
-            and len(stored_raw) <= SPOOL_SIZE
-        ):
+        # The null sender is counted too: a genuine report like any message,
+        # anything else so that a flood under `<>` shows (and is refused).
+        if self.volume is not None and len(stored_raw) <= SPOOL_SIZE:
             # One store visit: reserve the counts, judge the rules that read live
             # state and accept, in one transaction (a failure rolls it all back).
             try:
@@ -280,8 +279,6 @@ class Pipeline:
         """Reserve the message's place in the volume counts (raises StoreError)."""
         if self.volume is None:
             return None
-        if envelope.is_notification:
-            return NO_HISTORY
         # Not durable: a reservation lost in a crash belongs to a message that
         # was not accepted either (the accept's own commit carries it to disk).
         volume, windows = self.volume, self.windows
@@ -302,7 +299,7 @@ class Pipeline:
     ) -> Callable[[sqlite3.Connection], SettleOutcome] | None:
         """The follow-up that settles the volume counts inside the accept transaction."""
         volume = self.volume
-        if volume is None or snapshot is None or envelope.is_notification:
+        if volume is None or snapshot is None:
             return None
         settlement = Settlement.of(message_id, envelope.mail_from, snapshot, decision, stored=True)
         alerts = (
@@ -329,7 +326,7 @@ class Pipeline:
     ) -> SettleOutcome:
         """Tell the volume store the decision. A failure here is logged only: the
         reservation is settled at the next start-up."""
-        if self.volume is None or snapshot is None or envelope.is_notification:
+        if self.volume is None or snapshot is None:
             return SettleOutcome()
         settlement = Settlement.of(
             message_id, envelope.mail_from, snapshot, decision, stored=stored
@@ -358,7 +355,11 @@ class Pipeline:
         rule = self.charter.rule(RATE)
         limits = getattr(rule.params, "limits_for", None) if rule is not None else None
         per_short, per_day = limits(sender) if callable(limits) else (0, 0)
-        targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender) if t)
+        owned = self.notice_targets.owned(sender, authenticated=False)
+        if sender and not owned:
+            log.info("notice.dropped", message_id=message_id, reason="sender_not_owned")
+            metrics.record_notice_dropped()
+        targets = dict.fromkeys(t for t in (self.settings.alerts.to, sender if owned else "") if t)
         return tuple(
             notice_message(
                 circuit_alert(
@@ -440,7 +441,13 @@ class Pipeline:
                     arrival=now,
                     hold_days=self.settings.review.hold_days,
                 )
-            if notice_raw is not None:
+            if notice_raw is not None and not self.notice_targets.owned(
+                envelope.mail_from, authenticated=envelope.authenticated
+            ):
+                # Backscatter: the sender is a claim the practice cannot vouch for.
+                log.info("notice.dropped", message_id=message_id, reason="sender_not_owned")
+                metrics.record_notice_dropped()
+            elif notice_raw is not None:
                 notices.append(notice_message(notice_raw, envelope.mail_from, message_id, now))
         return message, tuple(notices)
 

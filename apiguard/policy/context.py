@@ -66,7 +66,10 @@ class MessageContext:
 
     @cached_property
     def is_notification(self) -> bool:
-        return self.envelope.is_notification
+        """A genuine report under the null sender (not merely `MAIL FROM:<>`)."""
+        from apiguard.delivery_reports import is_genuine_report
+
+        return is_genuine_report(self.envelope, self.message)
 
     @cached_property
     def hprim(self) -> HprimScan:

@@ -71,6 +71,12 @@ class Authenticator:
     users: Mapping[str, str]
     token: str = ""
 
+    def credential(self, actor: str) -> str | None:
+        """The actor's configured credential (hash or token), None when gone."""
+        if actor == TOKEN_ACTOR:
+            return self.token or None
+        return self.users.get(actor)
+
     def check(self, name: str, password: str) -> str | None:
         """The reviewer's name (the actor recorded in the audit), or None."""
         name = name.strip()

@@ -60,6 +60,9 @@ class ReviewServer:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=5,
+            # HTTPS when a certificate is set (required beyond loopback).
+            ssl_certfile=review.tls_cert or None,
+            ssl_keyfile=review.tls_key or None,
         )
         self.server = _EmbeddedServer(self.config)
         self._socket: socket.socket | None = None

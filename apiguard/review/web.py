@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import math
 import secrets
 import time
 import urllib.parse
@@ -38,8 +39,10 @@ from apiguard.review.display import attachment_content, message_view
 from apiguard.review.queue import QueueService
 from apiguard.review.queue_web import QueueViews
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
+from apiguard.review.sessions import ReviewSessions
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
+from apiguard.throttle import FailureThrottle
 
 log = structlog.get_logger("apiguard.review")
 
@@ -128,6 +131,9 @@ class ReviewApp:
         self.on_change = on_change
         self.circuits = circuits
         self.auth = Authenticator(dict(settings.users), settings.token)
+        self.sessions = ReviewSessions(self.auth.credential, SESSION_SECONDS)
+        # Failed logins per client address: exponential waits, no scrypt while throttled.
+        self.throttle = FailureThrottle()
         environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -172,10 +178,9 @@ class ReviewApp:
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
-    @staticmethod
-    def _user(request: Request) -> str | None:
-        user = request.session.get("user")
-        return user if isinstance(user, str) and user else None
+    def _user(self, request: Request) -> str | None:
+        """The signed-in reviewer: the cookie's session id, checked server-side."""
+        return self.sessions.actor(request.session.get("sid"))
 
     @staticmethod
     def _csrf(request: Request) -> str:
@@ -266,19 +271,30 @@ class ReviewApp:
             return self._forbidden(request)
         name = str(form.get("name") or "")[:200]
         password = str(form.get("password") or "")[:1000]
+        client = request.client.host if request.client else ""
+        wait = self.throttle.wait(client)
+        if wait > 0:  # refused without running scrypt
+            log.warning("review.login_throttled", wait=round(wait, 1))
+            context = {"failed": False, "throttled": math.ceil(wait), "name": name}
+            return self._render(request, "login.html", context, status=429)
         actor = await asyncio.to_thread(self.auth.check, name, password)
         if actor is None:
+            self.throttle.failed(client)
             log.warning("review.login_failed")
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             context = {"failed": True, "name": name}
             return self._render(request, "login.html", context, status=401)
+        self.throttle.succeeded(client)
         lang = self._lang(request)
+        self.sessions.close(request.session.get("sid"))
         request.session.clear()  # a fresh session: no fixation
-        request.session.update({"user": actor, "lang": lang, "csrf": secrets.token_urlsafe(32)})
+        session_id = self.sessions.open(actor)
+        request.session.update({"sid": session_id, "lang": lang, "csrf": secrets.token_urlsafe(32)})
         log.info("review.login", actor=actor)
         return RedirectResponse("/", status_code=303)
 
     async def logout(self, request: Request, user: str, form: FormData) -> Response:
+        self.sessions.close(request.session.get("sid"))
         request.session.clear()
         log.info("review.logout", actor=user)
         return RedirectResponse("/login", status_code=303)
@@ -464,7 +480,8 @@ def create_app(
                 session_cookie=SESSION_COOKIE,
                 max_age=SESSION_SECONDS,
                 same_site="strict",
-                https_only=False,
+                # Under TLS the cookie is never sent over plain HTTP.
+                https_only=bool(settings.tls_cert),
             ),
         ],
     )

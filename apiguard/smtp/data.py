@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _END = b"\r\n.\r\n"
@@ -32,6 +33,7 @@ class DataState(enum.Enum):
     NOMINAL = "nominal"
     TOO_LONG = "too_long"  # a line over the limit
     TOO_MUCH = "too_much"  # more data than the size limit
+    OVER_BUDGET = "over_budget"  # the server's memory budget for data in flight ran out
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +170,17 @@ def _end_started(tail: bytes) -> int:
 
 
 async def read_data(
-    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+    reader: asyncio.StreamReader,
+    *,
+    size_limit: int | None,
+    line_limit: int,
+    charge: Callable[[int], bool] | None = None,
 ) -> DataResult:
     """Read up to and including the lone dot. `size_limit` bounds the content
     (dot-stuffed, as aiosmtpd counts it); `line_limit` the length of a line
-    without its CRLF. Raises `asyncio.IncompleteReadError` when the client
-    goes away in the middle."""
+    without its CRLF; `charge(n)` is asked before `n` more bytes are kept, and
+    False (the memory budget is spent) discards the data like a size overrun.
+    Raises `asyncio.IncompleteReadError` when the client goes away in the middle."""
     pieces: list[bytes] = []
     total = 0
     tail = b"\r\n"  # the last bytes read (5); the DATA command line ended with CRLF
@@ -209,6 +216,8 @@ async def read_data(
                 state = DataState.TOO_LONG
             elif size_limit and total > size_limit:
                 state = DataState.TOO_MUCH
+            elif charge is not None and not charge(len(body)):
+                state = DataState.OVER_BUDGET
             if state is not DataState.NOMINAL:
                 pieces.clear()  # discard at once: no memory for data we refuse
             else:

@@ -15,6 +15,7 @@ import contextlib
 import enum
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -27,12 +28,20 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from apiguard import metrics
+from apiguard.controls import has_control
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
 from apiguard.smtp import replies
 from apiguard.smtp.auth import SubmissionUser, UserDirectory
 from apiguard.smtp.data import READ_AHEAD, DataState, read_data
+from apiguard.smtp.limits import (
+    OUT_OF_MEMORY_BUDGET,
+    InflightBudget,
+    SessionLimits,
+    declared_size,
+)
 from apiguard.smtp.replies import Reply
+from apiguard.throttle import FailureThrottle
 
 log = structlog.get_logger("apiguard.smtp")
 
@@ -142,6 +151,42 @@ CLIENT_THROTTLED = Reply(
     421, "4.7.0", "trop de connexions, reessayez plus tard / too many connections, try again later"
 )
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "trop d'erreurs, au revoir / too many errors, closing")
+AUTH_TOO_SLOW = Reply(
+    421,
+    "4.7.0",
+    "authentification attendue, connexion fermee: reconnectez-vous et authentifiez-vous "
+    "/ authentication expected in time, closing: reconnect and authenticate",
+)
+AUTH_FAILURES_CLOSE = 7  # throttled failures past the free ones before 421 and closing
+
+
+def auth_throttled(wait: float) -> Reply:
+    return Reply(
+        454,
+        "4.7.0",
+        f"trop d'echecs d'authentification, reessayez dans {math.ceil(wait)} s "
+        f"/ too many authentication failures, try again in {math.ceil(wait)} s",
+    )
+
+
+SENDER_HAS_CONTROLS = Reply(
+    553,
+    "5.1.7",
+    "adresse d'expediteur invalide (caractere de controle): corrigez l'adresse dans le "
+    "logiciel d'envoi / sender address contains a control character: fix the address",
+)
+RECIPIENT_HAS_CONTROLS = Reply(
+    553,
+    "5.1.3",
+    "adresse de destinataire invalide (caractere de controle): corrigez l'adresse / "
+    "recipient address contains a control character: fix the address",
+)
+NULL_SENDER_ONE_RECIPIENT = Reply(
+    452,
+    "4.5.3",
+    "un avis avec l'expediteur vide <> ne va qu'a un seul destinataire: envoyez un avis par "
+    "destinataire / a report under the null sender <> goes to one recipient: send one each",
+)
 SENDER_NOT_ALLOWED = Reply(
     553, "5.7.1", "expediteur non autorise pour ce compte / sender not allowed for this user"
 )
@@ -178,6 +223,10 @@ class GuardedSMTP(SMTP):
         max_errors: int = 10,
         data_timeout: float = 600.0,
         max_line_length: int = 1000,
+        budget: InflightBudget | None = None,
+        sessions: SessionLimits | None = None,
+        throttle: FailureThrottle | None = None,
+        pre_auth_timeout: float = 20.0,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd sizes its stream reader from this attribute in __init__.
@@ -194,6 +243,14 @@ class GuardedSMTP(SMTP):
         self._refused = False
         self._admitted = False
         self._deadline = 0.0  # when the session times out (event-loop time)
+        self._budget = budget
+        self._sessions = sessions
+        self._throttle = throttle
+        self._pre_auth_timeout = pre_auth_timeout
+        self._client = ""  # the client's address, as the limits count it
+        self._counted_unauthenticated = False  # in SessionLimits' unauthenticated count
+        self._in_sessions = False
+        self._pre_auth_timer: asyncio.TimerHandle | None = None
 
     # -- timeouts -------------------------------------------------------------
 
@@ -227,18 +284,49 @@ class GuardedSMTP(SMTP):
         if access is Access.REFUSED:
             self._refuse(transport, "refused_network", replies.CLIENT_REFUSED)
             return
+        address = peer_address(peer)
+        self._client = str(address) if address else ""
+        must_authenticate = access is Access.AUTH
+        # The practice's own software (trusted) is not counted per address, like
+        # Postfix's mynetworks; clients that must log in are.
+        if self._sessions is not None and must_authenticate:
+            refused = self._sessions.admit(self._client, must_authenticate=True)
+            if refused is not None:
+                self._refuse(transport, refused, CLIENT_THROTTLED)
+                return
+            self._in_sessions = self._counted_unauthenticated = True
         if self._limits is not None:
-            address = peer_address(peer)
-            outcome = self._limits.admit(
-                str(address) if address else "", rate_limited=access is not Access.TRUSTED
-            )
+            outcome = self._limits.admit(self._client, rate_limited=must_authenticate)
             if outcome is not None:
+                self._leave_sessions()
                 self._refuse(transport, outcome, CLIENT_THROTTLED)
                 return
             self._admitted = True
         metrics.record_connection("accepted")
-        self._auth_required = access is Access.AUTH
+        self._auth_required = must_authenticate
         super().connection_made(transport)
+        if must_authenticate:
+            self._pre_auth_timer = self.loop.call_later(
+                self._pre_auth_timeout, self._pre_auth_expired
+            )
+
+    def _pre_auth_expired(self) -> None:
+        """A client that must log in has not, in time: its slot goes to others."""
+        self._pre_auth_timer = None
+        if self.session is not None and self.session.authenticated:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        metrics.record_refusal("idle_before_auth")
+        log.warning("smtp.client_dropped", reason="no_auth_in_time")
+        cast(asyncio.WriteTransport, transport).write(f"{AUTH_TOO_SLOW}\r\n".encode("ascii"))
+        transport.close()
+
+    def _leave_sessions(self) -> None:
+        if self._in_sessions and self._sessions is not None:
+            self._sessions.release(self._client, unauthenticated=self._counted_unauthenticated)
+        self._in_sessions = self._counted_unauthenticated = False
 
     def _refuse(self, transport: asyncio.BaseTransport, outcome: str, reply: Reply) -> None:
         self._refused = True
@@ -254,6 +342,10 @@ class GuardedSMTP(SMTP):
         if self._admitted and self._limits is not None:
             self._admitted = False
             self._limits.release()
+        self._leave_sessions()
+        if self._pre_auth_timer is not None:
+            self._pre_auth_timer.cancel()
+            self._pre_auth_timer = None
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -320,14 +412,42 @@ class GuardedSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        if not self.room_for(declared_size(self.envelope.mail_options)):
+            metrics.record_refusal("inflight_budget")
+            log.warning("smtp.memory_budget_spent", at="DATA")
+            await self.push(str(OUT_OF_MEMORY_BUDGET))
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        charged = 0
+
+        def charge(size: int) -> bool:
+            nonlocal charged
+            if self._budget is None:
+                return True
+            if not self._budget.take(size):
+                return False
+            charged += size
+            return True
+
+        try:
+            await self._read_and_hand_over(charge)
+        finally:
+            if self._budget is not None:
+                self._budget.give_back(charged)
+
+    async def _read_and_hand_over(self, charge: Callable[[int], bool]) -> None:
+        """Read the data (charged to the memory budget) and hand it to the handler."""
+        assert self.envelope is not None
         reader = self._reader
         line_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = max(line_limit, READ_AHEAD)  # type: ignore[attr-defined]
         try:
             # aiosmtpd's limit counts the CRLF; read_data's does not.
             result = await read_data(
-                reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit - 2
+                reader,
+                size_limit=self.data_size_limit,
+                line_limit=self.line_length_limit - 2,
+                charge=charge,
             )
         except (asyncio.CancelledError, asyncio.IncompleteReadError):
             log.info("smtp.connection_lost_in_data")
@@ -339,6 +459,10 @@ class GuardedSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             if result.state is DataState.TOO_LONG:
                 await self.push(str(replies.line_too_long(self.line_length_limit - 1)))
+            elif result.state is DataState.OVER_BUDGET:
+                metrics.record_refusal("inflight_budget")
+                log.warning("smtp.memory_budget_spent", at="reading")
+                await self.push(str(OUT_OF_MEMORY_BUDGET))
             else:
                 await self.push(str(replies.message_too_big(self.data_size_limit or 0)))
             return
@@ -388,14 +512,37 @@ class GuardedSMTP(SMTP):
         return await self._verify("LOGIN", login, password)
 
     async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        throttle = self._throttle
+        if throttle is not None and (wait := throttle.wait(self._client)) > 0:
+            # Refused without running scrypt: guessing costs the guesser, not us.
+            metrics.record_refusal("auth_throttled")
+            log.warning("smtp.auth_throttled", mechanism=mechanism, wait=round(wait, 1))
+            if throttle.failures(self._client) >= throttle.free + AUTH_FAILURES_CLOSE:
+                await super().push(str(TOO_MANY_ERRORS))
+                if self.transport is not None:
+                    self.transport.close()
+            else:
+                await super().push(str(auth_throttled(wait)))
+            return AuthResult(success=False, handled=True)
         user = await self._users.authenticate(login, password) if self._users else None
         metrics.record_auth(user is not None)
         if user is None:
             # The attempted login is not logged: people type passwords there.
+            if throttle is not None:
+                throttle.failed(self._client)
             log.warning("smtp.auth_failed", mechanism=mechanism)
             return AuthResult(success=False, handled=False)
+        if throttle is not None:
+            throttle.succeeded(self._client)
+        if self._counted_unauthenticated and self._sessions is not None:
+            self._sessions.authenticated()
+            self._counted_unauthenticated = False
         log.info("smtp.authenticated", mechanism=mechanism, user=user.name)
         return AuthResult(success=True, auth_data=user)
+
+    def room_for(self, size: int) -> bool:
+        """Is there memory budget for a transaction of `size` bytes?"""
+        return self._budget is None or self._budget.room_for(size)
 
 
 class ApiguardHandler:
@@ -419,6 +566,15 @@ class ApiguardHandler:
     ) -> str:
         if not self.accepting:
             return str(replies.SHUTTING_DOWN)
+        if has_control(address):
+            log.warning("smtp.address_refused", reason="control_character", field="mail_from")
+            metrics.record_refusal("address_controls")
+            return str(SENDER_HAS_CONTROLS)
+        declared = declared_size(mail_options)
+        if declared and isinstance(server, GuardedSMTP) and not server.room_for(declared):
+            metrics.record_refusal("inflight_budget")
+            log.warning("smtp.memory_budget_spent", at="MAIL")
+            return str(OUT_OF_MEMORY_BUDGET)
         user = session.auth_data
         if isinstance(user, SubmissionUser) and not user.may_send_as(address):
             log.warning("smtp.sender_not_allowed", user=user.name)
@@ -435,8 +591,15 @@ class ApiguardHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if has_control(address):
+            log.warning("smtp.address_refused", reason="control_character", field="rcpt_to")
+            metrics.record_refusal("address_controls")
+            return str(RECIPIENT_HAS_CONTROLS)
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
+        if envelope.mail_from in ("", "<>") and envelope.rcpt_tos:
+            metrics.record_refusal("null_sender")
+            return str(NULL_SENDER_ONE_RECIPIENT)
         refusal = self.pipeline.check_recipient(
             envelope.mail_from or "", address, list(envelope.rcpt_tos)
         )
@@ -457,7 +620,11 @@ class ApiguardHandler:
                 raw = raw.encode("utf-8", "surrogateescape")
             peer = session.peer[0] if isinstance(session.peer, tuple) else ""
             reply = await self.pipeline.receive(
-                Envelope(envelope.mail_from or "", tuple(envelope.rcpt_tos)),
+                Envelope(
+                    envelope.mail_from or "",
+                    tuple(envelope.rcpt_tos),
+                    authenticated=bool(session.authenticated),
+                ),
                 raw,
                 peer=str(peer),
                 helo=str(session.host_name or ""),

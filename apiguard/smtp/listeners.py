@@ -16,7 +16,9 @@ from apiguard.smtp.handler import (
     GuardedSMTP,
     parse_networks,
 )
+from apiguard.smtp.limits import InflightBudget, SessionLimits
 from apiguard.smtp.tls import server_context
+from apiguard.throttle import FailureThrottle
 
 
 class SmtpListeners:
@@ -37,6 +39,13 @@ class SmtpListeners:
             auth_available=bool(self.users) and self.tls_context is not None,
         )
         self.limits = ConnectionLimits(settings.max_sessions, settings.max_connections_per_minute)
+        self.budget = InflightBudget(settings.max_inflight_bytes)
+        self.sessions = SessionLimits(
+            settings.max_sessions_per_address, settings.max_unauthenticated_sessions
+        )
+        self.auth_throttle = FailureThrottle(
+            free=settings.auth_failures_free, cap=settings.auth_throttle_max
+        )
         self.submission: asyncio.Server | None = None
         self.implicit_tls: asyncio.Server | None = None
 
@@ -65,6 +74,10 @@ class SmtpListeners:
             max_errors=smtp.max_errors,
             data_timeout=smtp.data_timeout,
             max_line_length=smtp.max_line_length,
+            budget=self.budget,
+            sessions=self.sessions,
+            throttle=self.auth_throttle,
+            pre_auth_timeout=smtp.pre_auth_timeout,
             data_size_limit=smtp.max_message_size,
             hostname=smtp.hostname,
             ident="apiguard",

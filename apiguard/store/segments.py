@@ -18,11 +18,20 @@ COMMIT, so a committed reference always points to bytes on disk.
   being appended to: `SqliteStore` checks after the commit that drops a
   content and after one that leaves a segment, again under the database's
   write lock, and at start-up.
+- A content dropped while others stay in its segment (a delivered letter next
+  to a deferred one, which may wait up to `delivery.lifetime`, 5 days) leaves
+  the disk right after the commit that drops it: its byte range is punched
+  out of the file (`fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`:
+  ext4, xfs, btrfs, tmpfs), or overwritten with zeros where the file system
+  cannot punch holes. Offsets of the other contents do not move.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import re
 from pathlib import Path
@@ -32,6 +41,40 @@ SEGMENT_MIN = 64 * 1024
 # A new segment is started once the current one holds this much.
 SEGMENT_SIZE = 32 * 1024 * 1024
 _NAME = re.compile(r"segment-(\d+)")
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_ZEROS = bytes(256 * 1024)
+
+
+def _libc_fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's fallocate(2), where there is one (Linux); Python has no punch-hole API."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def punch_hole(fd: int, offset: int, size: int) -> bool:
+    """Deallocate `size` bytes at `offset` (they read back as zeros, the file
+    keeps its size). False where the system or file system cannot."""
+    if _FALLOCATE is None or size <= 0:
+        return False
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if _FALLOCATE(fd, mode, offset, size) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code))
 
 
 def segment_name(number: int) -> str:
@@ -105,6 +148,24 @@ class Segments:
         finally:
             os.close(fd)
         return data if len(data) == size else None
+
+    def erase(self, segment: int, offset: int, size: int) -> None:
+        """Make a dropped content's bytes leave the disk while the segment stays
+        for the others: a hole punched, else zeros written over it. An error
+        leaves the bytes until the segment goes (never fails a transaction)."""
+        try:
+            fd = os.open(self.directory / segment_name(segment), os.O_WRONLY)
+        except OSError:
+            return  # gone already
+        try:
+            if not punch_hole(fd, offset, size):
+                end = offset + size
+                while offset < end:
+                    offset += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), end - offset)], offset)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
 
     def unlink(self, segment: int) -> None:
         """Remove a segment no content refers to. Never one being appended to:

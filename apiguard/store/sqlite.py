@@ -296,12 +296,15 @@ class SqliteStore:
         if db.execute("DELETE FROM message_files WHERE id = ?", (message_id,)).rowcount:
             self._after_commit.append(functools.partial(self._unlink_spool, message_id))
             return
-        row = db.execute(
-            "SELECT segment FROM message_segments WHERE id = ?", (message_id,)
-        ).fetchone()
+        row = db.execute(_SEGMENT_OF, (message_id,)).fetchone()
         if row is not None:
             db.execute("DELETE FROM message_segments WHERE id = ?", (message_id,))
-            self._unlink_if_unused(db, int(row[0]))
+            segment, offset, size = map(int, row)
+            if self._refers_to(db, segment):  # others stay: this one's bytes go now
+                self._after_commit.append(
+                    functools.partial(self.segments.erase, segment, offset, size)
+                )
+            self._unlink_if_unused(db, segment)
 
     def _unlink_if_unused(self, db: sqlite3.Connection, segment: int) -> None:
         """Once committed, remove `segment` if no content is left in it then."""

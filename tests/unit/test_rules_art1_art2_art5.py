@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from apiguard.mail import Envelope, parse_message
+from apiguard.notices import FailedRecipient, NoticeIdentity, bounce
 from apiguard.phrases import PhraseBook, fold, packaged_book
 from apiguard.policy.charter import Charter, CharterConfigError
 from apiguard.policy.rules.encrypted import reads_content
@@ -80,7 +81,6 @@ def assert_quotes_nothing(finding: Finding, body: str) -> None:
         ("Voici le CR de Mme PETIT née le 02/09/1961.", SENDER, False),
         ("Salut, tu peux me rappeler pour les gardes ?", SENDER, True),
         ("Je vous adresse M. LEFEVRE pour avis.", SENDER, True),  # a name alone
-        ("Undelivered mail returned to sender.", "", False),  # notifications are exempt
     ],
 )
 def test_no_patient_data_holds_messages_about_no_patient(
@@ -430,11 +430,34 @@ def test_only_rules_that_read_content_are_skipped_when_encrypted(
     assert reads_content(rule_id) is skipped
 
 
-def test_notifications_are_not_judged_as_announcements() -> None:
+def test_an_announcement_under_the_null_sender_is_judged_and_refused() -> None:
+    """Issue 18: `MAIL FROM:<>` used to skip Articles 1, 2 and 5."""
     subject, body, _ = ANNOUNCEMENTS[0]
     decision = check(body, subject=subject, mail_from="")
-    assert hit(decision, "art2.announcement") is None
-    assert hit(decision, "art1.no-patient-data") is None
+    assert hit(decision, "sender.null") is not None
+    assert hit(decision, "art2.announcement") is not None
+    assert hit(decision, "art1.no-patient-data") is not None
+    assert decision.verdict is Verdict.REJECT
+
+
+def genuine_report(original: bytes, recipient: str = COLLEAGUE) -> bytes:
+    return bounce(
+        identity=NoticeIdentity(),
+        message_id="m1",
+        sender=recipient,
+        failures=[FailedRecipient("x@medical69.apicrypt.org", "failed", "5.1.1", "smtp; 550")],
+        original_raw=original,
+        arrival=0.0,
+    )
+
+
+def test_a_genuine_report_is_not_judged_as_an_announcement() -> None:
+    subject, body, _ = ANNOUNCEMENTS[0]
+    original = f"Subject: {subject}\r\nFrom: {SENDER}\r\n\r\n{body}\r\n".encode()
+    report = genuine_report(original)
+    decision = Charter.build().check_message(Envelope("", (COLLEAGUE,)), parse_message(report))
+    assert decision.findings == ()
+    assert decision.verdict is Verdict.FORWARD
 
 
 def test_a_marker_inside_a_sentence_is_not_encryption() -> None:

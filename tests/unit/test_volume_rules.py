@@ -348,10 +348,13 @@ def test_each_rule_judges_the_snapshot(
     assert judge_snapshot(rule, snapshot) == expected
 
 
-def test_notifications_are_not_counted() -> None:
+def test_the_null_sender_is_counted_like_any_sender() -> None:
+    """Issue 18: twelve webinar announcements under `<>` all went through when
+    the null sender skipped the volume rules."""
     busy = VolumeSnapshot(FP, fanout_recipients=60, duplicate_recipients=1, circuit_open=True)
     for rule in (FanOut(), Duplicate(), Rate()):
-        assert judge_snapshot(rule, busy, sender="") == []
+        assert judge_snapshot(rule, busy, sender="") == judge_snapshot(rule, busy)
+        assert judge_snapshot(rule, busy, sender="") != []
 
 
 def test_without_a_store_the_volume_rules_are_skipped_not_passed() -> None:

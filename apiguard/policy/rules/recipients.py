@@ -84,14 +84,42 @@ class SenderDomain(Rule):
     def check(self, ctx: MessageContext) -> Finding | None:
         allowed = ctx.charter.allowed_sender_domains
         sender = ctx.envelope.mail_from
-        if not allowed or ctx.is_notification or domain_allowed(sender, allowed):
+        # The null sender has no domain: `sender.null` judges it.
+        if not allowed or ctx.envelope.is_notification or domain_allowed(sender, allowed):
             return None
         return self.finding(
-            "expéditeur non autorisé sur ce relais",
-            "sender not allowed through this relay",
-            "Envoyez depuis l'adresse de messagerie sécurisée du cabinet.",
-            "Send from the practice's secure messaging address.",
+            "expéditeur hors messagerie sécurisée de santé, non autorisé sur ce relais",
+            "sender outside the secure health messaging domains, not allowed through this relay",
+            "Envoyez depuis l'adresse de messagerie sécurisée du cabinet (APICRYPT, MSSanté), "
+            "réglée dans le logiciel d'envoi. Si une autre adresse doit pouvoir envoyer, "
+            "l'administrateur ajoute son domaine à charter.allowed_sender_domains.",
+            "Send from the practice's secure messaging address (APICRYPT, MSSanté), set in the "
+            "sending software. If another address must be able to send, the administrator "
+            "adds its domain to charter.allowed_sender_domains.",
         )
 
 
-RULES: list[type[Rule]] = [RecipientSyntax, RecipientDomain, SenderDomain]
+class NullSender(Rule):
+    """`sender.null`: the null sender `<>` on anything but a genuine report
+    (`apiguard.delivery_reports`)."""
+
+    id = "sender.null"
+    article = None
+    default_action = Action.REJECT
+
+    def check(self, ctx: MessageContext) -> Finding | None:
+        if not ctx.envelope.is_notification or ctx.is_notification:
+            return None
+        return self.finding(
+            "l'expéditeur vide <> est réservé aux avis de non-remise et accusés de lecture "
+            "(multipart/report, un seul destinataire)",
+            "the null sender <> is only for delivery and read reports "
+            "(multipart/report, one recipient)",
+            "Réglez le logiciel d'envoi pour qu'il envoie depuis l'adresse de messagerie "
+            "sécurisée du cabinet, puis renvoyez le message.",
+            "Set the sending software to send from the practice's secure messaging address, "
+            "then send the message again.",
+        )
+
+
+RULES: list[type[Rule]] = [RecipientSyntax, RecipientDomain, SenderDomain, NullSender]

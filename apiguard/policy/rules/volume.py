@@ -25,9 +25,8 @@ from apiguard.volume import (
 
 
 def _snapshot(ctx: MessageContext) -> VolumeSnapshot | None:
-    """The snapshot, or None when the message is not counted (a notification)."""
-    if ctx.is_notification:
-        return None
+    """The snapshot, or None without a store. Reports under the null sender are
+    counted too: a loop of reports, or a flood under `<>`, is a runaway sender."""
     return ctx.charter.volume
 
 
