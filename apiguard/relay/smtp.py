@@ -19,6 +19,7 @@ from apiguard.relay.base import (
     SpooledContent,
     connection_trouble,
 )
+from apiguard.relay.eightbit import seven_bit
 from apiguard.relay.replies import ReplyReader
 from apiguard.smtp.data import transparent_dots
 
@@ -132,6 +133,20 @@ def _file_is_ascii(path: Path) -> bool:
             if not piece.isascii():
                 return False
     return True
+
+
+async def _without_8bit(data: Content) -> Content:
+    """For a relay without 8BITMIME (RFC 6152): the content with its 8-bit
+    parts encoded (`apiguard.relay.eightbit`); 7-bit content as it is."""
+    if isinstance(data, SpooledContent):
+        if await asyncio.to_thread(_file_is_ascii, data.path):
+            return data
+        return await asyncio.to_thread(lambda: seven_bit(data.read()))
+    if data.isascii():
+        return data
+    return (
+        seven_bit(data) if len(data) < OFF_LOOP_SIZE else await asyncio.to_thread(seven_bit, data)
+    )
 
 
 async def _stream(
@@ -305,6 +320,8 @@ class SmtpRelay:
         utf8 = not all(a.isascii() for a in (mail_from, *recipients))
         if utf8 and not client.supports_extension("smtputf8"):
             return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+        if not client.supports_extension("8bitmime"):
+            data = await _without_8bit(data)
         if isinstance(data, SpooledContent):
             wire: bytes | None = None
             size, ascii_only = data.size, await asyncio.to_thread(_file_is_ascii, data.path)

@@ -5,13 +5,15 @@ codes on every reply, internationalised addresses (SMTPUTF8)."""
 from __future__ import annotations
 
 import asyncio
+import email
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.support import Sink, eventually, letter, proxy_settings, running_proxy
+from tests.support import Sink, SinkHandler, eventually, letter, proxy_settings, running_proxy
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -45,12 +47,15 @@ class RawClient:
         return await self.reply()
 
     async def send(self, mail_from: str, rcpt: str, payload: bytes) -> str:
-        """A whole transaction; `payload` is sent as it is, then <CRLF>.<CRLF>."""
+        """A whole transaction; `payload` is sent as it is (dots stuffed after
+        CRLFs only), then the end of data."""
         await self.command("EHLO client.test")
         await self.command(f"MAIL FROM:<{mail_from}>")
         await self.command(f"RCPT TO:<{rcpt}>")
         assert (await self.command("DATA"))[0].startswith("354")
-        self.writer.write(payload + b"\r\n.\r\n")
+        stuffed = payload.replace(b"\r\n.", b"\r\n..")  # transparency, CRLF lines
+        end = b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
+        self.writer.write(stuffed + end)
         return (await self.reply())[0]
 
     async def close(self) -> None:
@@ -182,3 +187,63 @@ async def test_an_internationalised_recipient_fails_with_a_5_6_7_notice_without_
     notice = sink.handler.notices()[0]
     assert notice.rcpt_tos == [SENDER]
     assert b"Status: 5.6.7" in notice.data
+
+
+@dataclass
+class OptionsHandler(SinkHandler):
+    """Records MAIL FROM's options; offers 8BITMIME or not."""
+
+    eight_bit: bool = True
+    mail_options: list[list[str]] = field(default_factory=list)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        return [r for r in responses if self.eight_bit or r != "250-8BITMIME"]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mail_options.append(options)
+        envelope.mail_from = address
+        return "250 2.1.0 OK"
+
+
+LATIN1 = (
+    letter(6)
+    .replace(b"charset=utf-8", b"charset=iso-8859-1")
+    .replace("confrère".encode(), "confrère".encode("latin-1"))
+)
+
+
+@pytest.mark.parametrize("eight_bit", [True, False])
+async def test_8bit_content_goes_with_body_8bitmime_or_converted_to_quoted_printable(
+    storage: Path, eight_bit: bool
+) -> None:
+    sink = Sink()
+    handler = sink.handler = OptionsHandler(eight_bit=eight_bit)
+    await sink.start()
+    try:
+        async with running_proxy(proxy_settings(storage, sink.port)) as app:
+            client = await RawClient.connect(app.port)
+            assert (await client.send(SENDER, COLLEAGUE, LATIN1)).startswith("250 ")
+            await client.close()
+            await eventually(lambda: len(sink.handler.messages) == 1)
+    finally:
+        await sink.stop()
+    received = sink.handler.messages[0].data
+    if eight_bit:
+        assert "BODY=8BITMIME" in handler.mail_options[0]
+        assert received.endswith(LATIN1)
+    else:
+        assert not any(o.startswith("BODY=") for o in handler.mail_options[0])
+        assert received.isascii() and b"Cher confr=E8re," in received
+        assert b"Content-Transfer-Encoding: quoted-printable\r\n" in received
+        converted = email.message_from_bytes(received)
+        assert converted.get_payload(decode=True) == LATIN1.split(b"\r\n\r\n", 1)[1]
