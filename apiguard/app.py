@@ -48,7 +48,9 @@ def build_charter(settings: Settings) -> Charter:
     if settings.charter.correspondents:
         from apiguard.correspondents import load_directory
 
-        directory = load_directory(Path(settings.charter.correspondents))
+        directory = load_directory(
+            Path(settings.charter.correspondents), key="charter.correspondents"
+        )
     context = CharterContext(
         allowed_recipient_domains=tuple(settings.charter.allowed_recipient_domains),
         allowed_sender_domains=tuple(settings.charter.allowed_sender_domains),

@@ -146,7 +146,8 @@ class RelaySettings(Section):
     username: str = ""
     password: str = ""
     verify_tls: bool = True
-    ca_file: str = ""
+    ca_file: str = ""  # PEM CA certificates trusted in addition to the system's
+    ca_replace_system: bool = False  # trust only ca_file's CAs, not the system's
     timeout: float = Field(default=60.0, gt=0)
     connections: int = Field(default=4, ge=1, le=64)
     helo_name: str = "apiguard.localhost"

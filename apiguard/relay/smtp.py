@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosmtplib
 
-from apiguard.config import RelaySettings
+from apiguard.config import ConfigError, RelaySettings
 from apiguard.relay.base import (
     Content,
     RelayReply,
@@ -25,13 +25,36 @@ from apiguard.smtp.data import transparent_dots
 
 
 def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
+    """The relay's TLS context: the system's trusted CAs, plus `ca_file`'s
+    (a private CA beside the public ones), or only `ca_file`'s with
+    `ca_replace_system`. ConfigError naming the key and the file."""
     if settings.security == "none":
         return None
-    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.ca_replace_system and settings.ca_file:
+        # create_default_context's verification, without the system's CAs.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    else:
+        context = ssl.create_default_context()
+    if settings.ca_file:
+        _load_ca_file(context, settings.ca_file)
     if not settings.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load_ca_file(context: ssl.SSLContext, ca_file: str) -> None:
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except FileNotFoundError:
+        raise ConfigError(f"relay.ca_file: {ca_file}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"relay.ca_file: {ca_file}: is a directory") from None
+    except ssl.SSLError as error:
+        reason = error.reason or "no PEM certificate"
+        raise ConfigError(f"relay.ca_file: {ca_file}: not a CA bundle ({reason})") from None
+    except OSError as error:
+        raise ConfigError(f"relay.ca_file: {ca_file}: cannot read ({error.strerror})") from None
 
 
 SMTPUTF8_UNSUPPORTED = RelayReply(
