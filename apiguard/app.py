@@ -95,11 +95,7 @@ class Application:
             self.charter.context, known_correspondents=self.known
         )
         self.relay = build_relay(settings)
-        self.identity = NoticeIdentity(
-            from_address=settings.notices.from_address,
-            from_name=settings.notices.from_name,
-            reporting_mta=settings.smtp.hostname,
-        )
+        self.identity = NoticeIdentity.of(settings)
         self.delivery = DeliveryWorker(
             self.store,
             self.relay,

@@ -185,7 +185,7 @@ class NoticeSettings(Section):
 
     on_reject: Literal["smtp", "email", "both"] = "both"
     on_hold: bool = True
-    from_address: str = "postmaster@apiguard.localhost"
+    from_address: str = ""  # empty: postmaster@<smtp.hostname>
     from_name: str = "apiguard"
 
 

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
+from typing import TYPE_CHECKING
 
 from apiguard.mail import decode_text
 from apiguard.policy.verdict import Finding
+
+if TYPE_CHECKING:
+    from apiguard.config import Settings
 
 # Headers copied into text/rfc822-headers: identification only. Subject and any
 # header that could carry patient data stay out.
@@ -55,6 +59,14 @@ class NoticeIdentity:
     from_address: str = "postmaster@apiguard.localhost"
     from_name: str = "apiguard"
     reporting_mta: str = "apiguard.localhost"
+
+    @classmethod
+    def of(cls, settings: Settings) -> NoticeIdentity:
+        """From `[notices]`, the address defaulting to postmaster at the
+        configured `smtp.hostname` (the name apiguard greets and signs with)."""
+        hostname = settings.smtp.hostname
+        address = settings.notices.from_address or f"postmaster@{hostname}"
+        return cls(address, settings.notices.from_name, hostname)
 
 
 def safe_headers(raw: bytes) -> str:

@@ -171,9 +171,11 @@ async def test_an_internationalised_recipient_fails_with_a_5_6_7_notice_without_
     sink: Sink, storage: Path, with_option: bool
 ) -> None:
     """The relay (aiosmtpd's default) does not offer SMTPUTF8: the recipient
-    cannot be reached through it, and the sender is told why (RFC 6531 3.5)."""
+    cannot be reached through it, and the sender is told why (RFC 6531 3.5),
+    by postmaster at the configured host name."""
     option = " SMTPUTF8" if with_option else ""
-    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+    settings = proxy_settings(storage, sink.port, smtp={"hostname": "apiguard.cabinet.test"})
+    async with running_proxy(settings) as app:
         client = await RawClient.connect(app.port)
         await client.command("EHLO client.test")
         await client.command(f"MAIL FROM:<{SENDER}>{option}")
@@ -187,6 +189,8 @@ async def test_an_internationalised_recipient_fails_with_a_5_6_7_notice_without_
     notice = sink.handler.notices()[0]
     assert notice.rcpt_tos == [SENDER]
     assert b"Status: 5.6.7" in notice.data
+    assert notice.message["From"] == "apiguard <postmaster@apiguard.cabinet.test>"
+    assert b"Reporting-MTA: dns; apiguard.cabinet.test" in notice.data
 
 
 @dataclass
