@@ -311,6 +311,7 @@ def inline_map(entries: dict[str, str]) -> str:
 def msmtp(port: int, mail_from: str, recipients: Iterable[str], message: bytes) -> str:
     """Send with msmtp, as a practice's mail program does: plain SMTP to a
     local port, no AUTH. Returns msmtp's session log (raises on failure)."""
+    require_programs("msmtp")
     result = subprocess.run(
         [
             "msmtp",
@@ -337,6 +338,7 @@ def msmtp(port: int, mail_from: str, recipients: Iterable[str], message: bytes) 
 def swaks(port: int, mail_from: str, recipient: str, message_file: Path, *more: str) -> str:
     """Send with swaks; returns its transcript (it does not raise: the
     transcript shows the replies, a refusal included)."""
+    require_programs("swaks")
     result = subprocess.run(
         [
             "swaks",
