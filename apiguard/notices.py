@@ -109,6 +109,16 @@ def _findings_text(findings: Sequence[Finding], french: bool) -> str:
     return "\n".join(out)
 
 
+def final_recipient(address: str) -> str:
+    """A DSN's Final-Recipient: `rfc822; addr`, or for an internationalised
+    address `utf-8; addr` with each non-ASCII character as \\x{HEX}, the
+    form a 7-bit message/delivery-status takes (RFC 6533 §3)."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    escaped = "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in address)
+    return f"utf-8; {escaped}"
+
+
 def _dsn_blocks(
     identity: NoticeIdentity, arrival: float, recipients: Iterable[FailedRecipient]
 ) -> list[email.message.Message]:
@@ -118,7 +128,7 @@ def _dsn_blocks(
     blocks = [per_message]
     for recipient in recipients:
         block = email.message.Message()
-        block["Final-Recipient"] = f"rfc822; {recipient.rcpt}"
+        block["Final-Recipient"] = final_recipient(recipient.rcpt)
         block["Action"] = recipient.action
         block["Status"] = recipient.status
         block["Diagnostic-Code"] = recipient.diagnostic[:900]

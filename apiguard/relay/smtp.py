@@ -342,7 +342,14 @@ class SmtpRelay:
                 await client.helo()
         utf8 = not all(a.isascii() for a in (mail_from, *recipients))
         if utf8 and not client.supports_extension("smtputf8"):
-            return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+            # Only the internationalised recipients cannot be reached (RFC
+            # 6531 3.5); the others go, unless the sender's address is one.
+            plain = [r for r in recipients if r.isascii()]
+            if not mail_from.isascii() or not plain:
+                return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+            sent = await self._transaction(client, mail_from, plain, data)
+            refused = {r: SMTPUTF8_UNSUPPORTED for r in recipients if not r.isascii()}
+            return SendResult({**sent.replies, **refused})
         if not client.supports_extension("8bitmime"):
             data = await _without_8bit(data)
         if isinstance(data, SpooledContent):

@@ -166,6 +166,28 @@ async def test_an_internationalised_recipient_is_delivered_by_a_relay_with_smtpu
     assert sink.handler.messages[0].rcpt_tos == [INTERNATIONAL]
 
 
+async def test_only_the_internationalised_recipient_fails_when_the_relay_lacks_smtputf8(
+    sink: Sink, storage: Path
+) -> None:
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        client = await RawClient.connect(app.port)
+        await client.command("EHLO client.test")
+        await client.command(f"MAIL FROM:<{SENDER}> SMTPUTF8")
+        await client.command(f"RCPT TO:<{COLLEAGUE}>")
+        await client.command(f"RCPT TO:<{INTERNATIONAL}>")
+        assert (await client.command("DATA"))[0].startswith("354")
+        client.writer.write(letter(7) + b".\r\n")
+        assert (await client.reply())[0].startswith("250 2.0.0 queued")
+        await client.close()
+        await eventually(lambda: len(sink.handler.notices()) == 1)
+        await eventually(lambda: len(sink.handler.mails()) == 1)
+    assert sink.handler.mails()[0].rcpt_tos == [COLLEAGUE]
+    notice = sink.handler.notices()[0].data.decode("ascii")
+    # RFC 6533 3: the internationalised address in 7-bit form, the other one absent.
+    assert "Final-Recipient: utf-8; dr.h\\x{E9}l\\x{E8}ne.durand@medical69.apicrypt.org" in notice
+    assert "Status: 5.6.7" in notice and f"rfc822; {COLLEAGUE}" not in notice
+
+
 @pytest.mark.parametrize("with_option", [True, False])
 async def test_an_internationalised_recipient_fails_with_a_5_6_7_notice_without_smtputf8(
     sink: Sink, storage: Path, with_option: bool
