@@ -31,12 +31,19 @@ from pathlib import Path
 import pytest
 
 POSTFIX_PROGRAMS = ("postfix", "postconf", "postqueue", "postsuper")
+# Postfix's commands live in /usr/sbin, which a CI shell's PATH may lack.
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def program(name: str) -> str:
+    """The full path of an installed program ("" when it is not installed)."""
+    return shutil.which(name) or shutil.which(name, path=_SBIN) or ""
 
 
 def require_programs(*programs: str) -> None:
     """Skip (developer machine) or fail (CI) when a program is missing, or
     when Postfix cannot be started because this is not root."""
-    missing = [p for p in programs if shutil.which(p) is None]
+    missing = [p for p in programs if not program(p)]
     if missing:
         reason = f"not installed: {', '.join(missing)} (apt-get install postfix msmtp swaks)"
         if os.environ.get("CI"):
@@ -228,7 +235,13 @@ class PostfixInstance:
         (root / "etc" / "master.cf").write_text(master)
 
     def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*command], capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [program(command[0]), *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(command)} failed ({result.returncode}):"
@@ -314,7 +327,7 @@ def msmtp(port: int, mail_from: str, recipients: Iterable[str], message: bytes) 
     require_programs("msmtp")
     result = subprocess.run(
         [
-            "msmtp",
+            program("msmtp"),
             "--host=127.0.0.1",
             f"--port={port}",
             "--auth=off",
@@ -341,7 +354,7 @@ def swaks(port: int, mail_from: str, recipient: str, message_file: Path, *more: 
     require_programs("swaks")
     result = subprocess.run(
         [
-            "swaks",
+            program("swaks"),
             "--server",
             f"127.0.0.1:{port}",
             "--helo",
