@@ -50,13 +50,14 @@ class Ports:
     upstream: int
     downstream: int
     downstream_7bit: int  # the same Postfix, without 8BITMIME on this port
+    downstream_ascii: int  # the same Postfix, without SMTPUTF8 on this port
     sink: int  # behind the downstream Postfix
     bounces: int  # where the upstream Postfix sends its bounces
 
 
 @pytest.fixture(scope="module")
 def ports() -> Ports:
-    return Ports(*(free_port() for _ in range(6)))
+    return Ports(*(free_port() for _ in range(7)))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,11 @@ def downstream(ports: Ports, authority: CertificateAuthority) -> Iterator[Postfi
                 " permit_mynetworks, reject"
             ),
         },
-        {ports.downstream: {}, ports.downstream_7bit: {"smtpd_discard_ehlo_keywords": "8bitmime"}},
+        {
+            ports.downstream: {},
+            ports.downstream_7bit: {"smtpd_discard_ehlo_keywords": "8bitmime"},
+            ports.downstream_ascii: {"smtputf8_enable": "no"},
+        },
     )
     yield from _running(instance)
 
@@ -410,3 +415,34 @@ async def test_8bit_content_reaches_a_relay_with_or_without_8bitmime_unharmed(
                 b"Content-Transfer-Encoding: 8bit", b"Content-Transfer-Encoding: quoted-printable"
             )
         )
+
+
+async def test_an_internationalised_recipient_fails_with_5_6_7_at_a_postfix_without_smtputf8(
+    storage: Path,
+    ports: Ports,
+    authority: CertificateAuthority,
+    downstream: PostfixInstance,
+    sink: Sink,
+) -> None:
+    """Only that recipient: the other one is delivered, and the sender's
+    notice (a 7-bit report, RFC 6533) goes through the same Postfix."""
+    international = "dr.hélène.durand@medical69.apicrypt.org"
+    settings = apiguard_settings(storage, ports, authority, relay={"port": ports.downstream_ascii})
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", ports.apiguard, timeout=30) as client:
+            client.ehlo("poste.cabinet.test")
+            refused = client.sendmail(
+                SENDER, [COLLEAGUE, international], dated(letter(9)), mail_options=["SMTPUTF8"]
+            )
+            assert refused == {}
+
+    async with running_proxy(settings):
+        await asyncio.to_thread(send)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=20)
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=20)
+    assert sink.handler.mails()[0].rcpt_tos == [COLLEAGUE]
+    notice = sink.handler.notices()[0]
+    assert notice.rcpt_tos == [SENDER]
+    assert b"Final-Recipient: utf-8; dr.h\\x{E9}l\\x{E8}ne.durand@" in notice.data
+    assert b"Status: 5.6.7" in notice.data
