@@ -188,6 +188,18 @@ async def test_only_the_internationalised_recipient_fails_when_the_relay_lacks_s
     assert "Status: 5.6.7" in notice and f"rfc822; {COLLEAGUE}" not in notice
 
 
+async def test_an_address_that_is_not_utf8_is_refused_as_malformed(
+    sink: Sink, storage: Path
+) -> None:
+    async with running_proxy(proxy_settings(storage, sink.port)) as app:
+        client = await RawClient.connect(app.port)
+        await client.command("EHLO client.test")
+        client.writer.write(b"MAIL FROM:<dr.\xe9ric@medical13.apicrypt.org> SMTPUTF8\r\n")
+        latin1_sender = await client.reply()
+        await client.close()
+    assert latin1_sender[0].startswith("553 5.1.3 ")
+
+
 @pytest.mark.parametrize("with_option", [True, False])
 async def test_an_internationalised_recipient_fails_with_a_5_6_7_notice_without_smtputf8(
     sink: Sink, storage: Path, with_option: bool
