@@ -48,7 +48,9 @@ def build_charter(settings: Settings) -> Charter:
     if settings.charter.correspondents:
         from apiguard.correspondents import load_directory
 
-        directory = load_directory(Path(settings.charter.correspondents))
+        directory = load_directory(
+            Path(settings.charter.correspondents), key="charter.correspondents"
+        )
     context = CharterContext(
         allowed_recipient_domains=tuple(settings.charter.allowed_recipient_domains),
         allowed_sender_domains=tuple(settings.charter.allowed_sender_domains),
@@ -93,11 +95,7 @@ class Application:
             self.charter.context, known_correspondents=self.known
         )
         self.relay = build_relay(settings)
-        self.identity = NoticeIdentity(
-            from_address=settings.notices.from_address,
-            from_name=settings.notices.from_name,
-            reporting_mta=settings.smtp.hostname,
-        )
+        self.identity = NoticeIdentity.of(settings)
         self.delivery = DeliveryWorker(
             self.store,
             self.relay,

@@ -298,9 +298,7 @@ def _review(args: argparse.Namespace) -> int:
     store = SqliteStore(settings.storage.path)
     service = ReviewService(
         store,
-        NoticeIdentity(
-            settings.notices.from_address, settings.notices.from_name, settings.smtp.hostname
-        ),
+        NoticeIdentity.of(settings),
         hold_days=settings.review.hold_days,
     )
     try:

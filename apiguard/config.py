@@ -153,7 +153,8 @@ class RelaySettings(Section):
     username: str = ""
     password: str = ""
     verify_tls: bool = True
-    ca_file: str = ""
+    ca_file: str = ""  # PEM CA certificates trusted in addition to the system's
+    ca_replace_system: bool = False  # trust only ca_file's CAs, not the system's
     timeout: float = Field(default=60.0, gt=0)
     connections: int = Field(default=4, ge=1, le=64)
     helo_name: str = "apiguard.localhost"
@@ -191,7 +192,7 @@ class NoticeSettings(Section):
 
     on_reject: Literal["smtp", "email", "both"] = "both"
     on_hold: bool = True
-    from_address: str = "postmaster@apiguard.localhost"
+    from_address: str = ""  # empty: postmaster@<smtp.hostname>
     from_name: str = "apiguard"
 
 

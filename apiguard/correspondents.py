@@ -147,11 +147,19 @@ class CorrespondentsDirectory:
         return len(self._by_address) + len(self._by_domain)
 
 
-def load_directory(path: str | Path) -> CorrespondentsDirectory:
-    """Read the TOML directory file; raises DirectoryError with the file and entry."""
+def load_directory(path: str | Path, key: str = "") -> CorrespondentsDirectory:
+    """Read the TOML directory file; raises DirectoryError with the file and
+    entry (after `key`, the configuration key that names the file, if given)."""
     path = Path(path)
+    where = f"{key}: {path}" if key else str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DirectoryError(f"{path}: cannot read: {error}") from None
+    except FileNotFoundError:
+        raise DirectoryError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise DirectoryError(f"{where}: is a directory") from None
+    except UnicodeDecodeError:
+        raise DirectoryError(f"{where}: not UTF-8 text") from None
+    except OSError as error:
+        raise DirectoryError(f"{where}: cannot read ({error.strerror})") from None
     return CorrespondentsDirectory.from_toml(text, source=str(path))

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
+from typing import TYPE_CHECKING
 
 from apiguard.mail import decode_text
 from apiguard.policy.verdict import Finding
+
+if TYPE_CHECKING:
+    from apiguard.config import Settings
 
 # Headers copied into text/rfc822-headers: identification only. Subject and any
 # header that could carry patient data stay out.
@@ -63,6 +67,14 @@ class NoticeIdentity:
     from_address: str = "postmaster@apiguard.localhost"
     from_name: str = "apiguard"
     reporting_mta: str = "apiguard.localhost"
+
+    @classmethod
+    def of(cls, settings: Settings) -> NoticeIdentity:
+        """From `[notices]`, the address defaulting to postmaster at the
+        configured `smtp.hostname` (the name apiguard greets and signs with)."""
+        hostname = settings.smtp.hostname
+        address = settings.notices.from_address or f"postmaster@{hostname}"
+        return cls(address, settings.notices.from_name, hostname)
 
 
 def dsn_field(text: str, limit: int = MAX_DSN_FIELD) -> str:
@@ -117,6 +129,16 @@ def _findings_text(findings: Sequence[Finding], french: bool) -> str:
     return "\n".join(out)
 
 
+def final_recipient(address: str) -> str:
+    """A DSN's Final-Recipient: `rfc822; addr`, or for an internationalised
+    address `utf-8; addr` with each non-ASCII character as \\x{HEX}, the
+    form a 7-bit message/delivery-status takes (RFC 6533 §3)."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    escaped = "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in address)
+    return f"utf-8; {escaped}"
+
+
 def _dsn_blocks(
     identity: NoticeIdentity, arrival: float, recipients: Iterable[FailedRecipient]
 ) -> list[email.message.Message]:
@@ -126,7 +148,7 @@ def _dsn_blocks(
     blocks = [per_message]
     for recipient in recipients:
         block = email.message.Message()
-        block["Final-Recipient"] = f"rfc822; {dsn_field(recipient.rcpt)}"
+        block["Final-Recipient"] = dsn_field(final_recipient(recipient.rcpt))
         block["Action"] = recipient.action
         block["Status"] = dsn_field(recipient.status, 20)
         block["Diagnostic-Code"] = dsn_field(recipient.diagnostic)

@@ -112,11 +112,7 @@ class Pipeline:
         self.settings = settings
         self.on_queued = on_queued
         self.clock = clock
-        self.identity = NoticeIdentity(
-            from_address=settings.notices.from_address,
-            from_name=settings.notices.from_name,
-            reporting_mta=settings.smtp.hostname,
-        )
+        self.identity = NoticeIdentity.of(settings)
         self.notice_targets = NoticeTargets(tuple(settings.charter.allowed_sender_domains))
 
     def check_recipient(self, mail_from: str, rcpt: str, accepted: list[str]) -> Reply | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosmtplib
 
-from apiguard.config import RelaySettings
+from apiguard.config import ConfigError, RelaySettings
 from apiguard.relay.base import (
     Content,
     RelayReply,
@@ -19,18 +19,42 @@ from apiguard.relay.base import (
     SpooledContent,
     connection_trouble,
 )
+from apiguard.relay.eightbit import seven_bit
 from apiguard.relay.replies import ReplyReader
 from apiguard.smtp.data import transparent_dots
 
 
 def _tls_context(settings: RelaySettings) -> ssl.SSLContext | None:
+    """The relay's TLS context: the system's trusted CAs, plus `ca_file`'s
+    (a private CA beside the public ones), or only `ca_file`'s with
+    `ca_replace_system`. ConfigError naming the key and the file."""
     if settings.security == "none":
         return None
-    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    if settings.ca_replace_system and settings.ca_file:
+        # create_default_context's verification, without the system's CAs.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    else:
+        context = ssl.create_default_context()
+    if settings.ca_file:
+        _load_ca_file(context, settings.ca_file)
     if not settings.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _load_ca_file(context: ssl.SSLContext, ca_file: str) -> None:
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except FileNotFoundError:
+        raise ConfigError(f"relay.ca_file: {ca_file}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"relay.ca_file: {ca_file}: is a directory") from None
+    except ssl.SSLError as error:
+        reason = error.reason or "no PEM certificate"
+        raise ConfigError(f"relay.ca_file: {ca_file}: not a CA bundle ({reason})") from None
+    except OSError as error:
+        raise ConfigError(f"relay.ca_file: {ca_file}: cannot read ({error.strerror})") from None
 
 
 SMTPUTF8_UNSUPPORTED = RelayReply(
@@ -132,6 +156,20 @@ def _file_is_ascii(path: Path) -> bool:
             if not piece.isascii():
                 return False
     return True
+
+
+async def _without_8bit(data: Content) -> Content:
+    """For a relay without 8BITMIME (RFC 6152): the content with its 8-bit
+    parts encoded (`apiguard.relay.eightbit`); 7-bit content as it is."""
+    if isinstance(data, SpooledContent):
+        if await asyncio.to_thread(_file_is_ascii, data.path):
+            return data
+        return await asyncio.to_thread(lambda: seven_bit(data.read()))
+    if data.isascii():
+        return data
+    return (
+        seven_bit(data) if len(data) < OFF_LOOP_SIZE else await asyncio.to_thread(seven_bit, data)
+    )
 
 
 async def _stream(
@@ -304,7 +342,16 @@ class SmtpRelay:
                 await client.helo()
         utf8 = not all(a.isascii() for a in (mail_from, *recipients))
         if utf8 and not client.supports_extension("smtputf8"):
-            return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+            # Only the internationalised recipients cannot be reached (RFC
+            # 6531 3.5); the others go, unless the sender's address is one.
+            plain = [r for r in recipients if r.isascii()]
+            if not mail_from.isascii() or not plain:
+                return self._all(recipients, SMTPUTF8_UNSUPPORTED)
+            sent = await self._transaction(client, mail_from, plain, data)
+            refused = {r: SMTPUTF8_UNSUPPORTED for r in recipients if not r.isascii()}
+            return SendResult({**sent.replies, **refused})
+        if not client.supports_extension("8bitmime"):
+            data = await _without_8bit(data)
         if isinstance(data, SpooledContent):
             wire: bytes | None = None
             size, ascii_only = data.size, await asyncio.to_thread(_file_is_ascii, data.path)

@@ -7,19 +7,33 @@ couple of kilobytes. A 200 KB letter with a PDF is 2 700 lines; a 10 MB one,
 a piece is usually the whole message; the end's first CRLF may have been read
 already (it ends the previous line, or the DATA command line for empty data),
 and then exactly what could complete the end is read first, never past it.
-The outcome is the same as aiosmtpd's:
+One line model, Postfix's `normalize` (smtpd_forbid_bare_newline): a bare
+LF ends a line as CRLF does, and is made a CRLF as it is read (practice
+software writes files with LF line ends, and smtplib sends them so). Hence:
 
-- only <CRLF>.<CRLF> ends the data (never a bare LF or CR: SMTP smuggling);
-- the transparent dot of each line is removed (RFC 5321 §4.5.2);
-- a line longer than the line limit gives "500 Line too long" and more data
-  than the size limit gives "552", both once the end of data has been read
-  (RFC 5321 §4.2.5), the data being discarded as soon as it is known bad.
+- only <CRLF>.<CRLF> ends the data (never a bare LF or CR: SMTP smuggling;
+  a dot line ended or preceded by a bare LF is a line of the content);
+- the transparent dot of each line is removed exactly once, whatever ended
+  the line before it (RFC 5321 §4.5.2): "\n..x" is the line ".x";
+- the content has CRLF line ends only, apart from bare CRs, which end no line
+  (aiosmtpd and Postfix keep them in the line);
+- a line longer than the line limit (a real line: split at CRLF or LF) gives
+  "500 Line too long" and more data than the size limit gives "552", both
+  once the end of data has been read (RFC 5321 §4.2.5), the data being
+  discarded as soon as it is known bad. A too long line of the header gets
+  its own state: the advice to the sender is not the same.
+
+For a client that sends CRLF, the content is exactly aiosmtpd's; a piece
+without a bare LF (mail nearly always) is not copied to normalise it, but
+proving it costs two counts: about 20 ms more for 10 MB of base64, read in
+45 ms before (on the 2-core development VM).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +46,7 @@ READ_AHEAD = 256 * 1024
 class DataState(enum.Enum):
     NOMINAL = "nominal"
     TOO_LONG = "too_long"  # a line over the limit
+    HEADER_TOO_LONG = "header_too_long"  # a line over the limit in the header
     TOO_MUCH = "too_much"  # more data than the size limit
     OVER_BUDGET = "over_budget"  # the server's memory budget for data in flight ran out
 
@@ -39,7 +54,7 @@ class DataState(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class DataResult:
     state: DataState
-    content: bytes  # without the transparent dots; empty unless NOMINAL
+    content: bytes  # CRLF line ends, without the transparent dots; empty unless NOMINAL
 
 
 def unstuff(stuffed: bytes) -> bytes:
@@ -57,6 +72,42 @@ def _unstuff_piece(piece: bytes, previous_tail: bytes) -> bytes:
     elif previous_tail.endswith(b"\r") and piece.startswith(b"\n."):
         piece = b"\n" + piece[2:]
     return transparent_dots(piece, add=False)
+
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def crlf_line_ends(piece: bytes, previous: bytes = b"") -> bytes:
+    """`piece` with each bare LF made a CRLF; `previous` ends with the byte
+    read just before it (a CR there makes a leading LF half of a CRLF). No
+    copy when there is no bare LF: two counts."""
+    split_crlf = piece.startswith(b"\n") and previous.endswith(b"\r")
+    lf = piece.count(b"\n")
+    if not lf or lf == piece.count(b"\r\n") + split_crlf:
+        return piece
+    if split_crlf:
+        return b"\n" + _BARE_LF.sub(b"\r\n", piece[1:])
+    return _BARE_LF.sub(b"\r\n", piece)
+
+
+# A header field's first line ("Subject:") or a folded line's continuation.
+HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t]")
+
+
+def _header_has_long_line(
+    piece: bytes, taken: bytes, open_line: bytes, open_length: int, limit: int
+) -> bool:
+    """Is a header field's line over `limit` in the header part of `piece`
+    (CRLF line ends, the header not ended before it)? `taken` ends with the
+    content before it; `open_line` starts the line it continues (its length:
+    `open_length`). Only on refusal."""
+    prefix = taken[-3:]
+    end = (prefix + piece).find(b"\r\n\r\n")
+    header = piece if end < 0 else piece[: max(0, end - len(prefix))]
+    lines = header.split(b"\r\n")
+    if len(lines[0]) + open_length > limit and HEADER_LINE.match(open_line + lines[0]):
+        return True
+    return any(len(line) > limit and HEADER_LINE.match(line) for line in lines[1:])
 
 
 # Past this many dots, one `replace` is quicker than stepping from dot to dot.
@@ -114,8 +165,8 @@ def _may_hold_a_long_line(data: bytes, start: int, end: int, limit: int) -> bool
 
 
 class _LineMeter:
-    """The longest line seen so far, lines split at CRLF only (like aiosmtpd),
-    across pieces."""
+    """The longest line seen so far, lines split at CRLF (the bare LFs were
+    made CRLFs already), across pieces."""
 
     __slots__ = ("current", "limit", "too_long")
 
@@ -184,7 +235,9 @@ async def read_data(
     pieces: list[bytes] = []
     total = 0
     tail = b"\r\n"  # the last bytes read (5); the DATA command line ended with CRLF
-    taken = b"\r\n"  # the last bytes of the content taken in so far
+    taken = b"\r\n"  # the last bytes of the content taken in so far (CRLF line ends)
+    in_header = True  # no empty line taken in yet
+    line_start = b""  # the first bytes of the last line taken in, while in the header
     held = b""  # read, but maybe the dot (and CR) of the end: not taken in yet
     meter = _LineMeter(line_limit)
     state = DataState.NOMINAL
@@ -210,10 +263,16 @@ async def read_data(
             keep = started - 2  # "\r\n." or "\r\n.\r": hold the dot
             body, held = (pending[:-keep], pending[-keep:]) if keep > 0 else (pending, b"")
         total += len(body)
+        # A CR ending what was taken in was read as such (only LFs gain one).
+        body = crlf_line_ends(body, taken)
         if state is DataState.NOMINAL and body:
+            open_length = meter.current
             meter.feed(body, taken)
             if meter.too_long:
-                state = DataState.TOO_LONG
+                header = in_header and _header_has_long_line(
+                    body, taken, line_start, open_length, line_limit
+                )
+                state = DataState.HEADER_TOO_LONG if header else DataState.TOO_LONG
             elif size_limit and total > size_limit:
                 state = DataState.TOO_MUCH
             elif charge is not None and not charge(len(body)):
@@ -222,6 +281,11 @@ async def read_data(
                 pieces.clear()  # discard at once: no memory for data we refuse
             else:
                 pieces.append(_unstuff_piece(body, taken))
+        if in_header and body:
+            in_header = (taken[-3:] + body).find(b"\r\n\r\n") < 0
+            # The beginning of the last line (is it a header field?).
+            last = body.rfind(b"\n") + 1
+            line_start = body[last : last + 80] if last else (line_start + body)[:80]
         taken = (taken + body)[-5:] if len(body) < 5 else body[-5:]
         if ended:
             break

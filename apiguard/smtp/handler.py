@@ -34,6 +34,7 @@ from apiguard.pipeline import Pipeline
 from apiguard.smtp import replies
 from apiguard.smtp.auth import SubmissionUser, UserDirectory
 from apiguard.smtp.data import READ_AHEAD, DataState, read_data
+from apiguard.smtp.enhanced import with_enhanced_code
 from apiguard.smtp.limits import (
     OUT_OF_MEMORY_BUDGET,
     InflightBudget,
@@ -207,6 +208,15 @@ _SIZE_REFUSED_AT_MAIL = "552 Error: message size exceeds fixed maximum message s
 _ERROR_CODES = frozenset({"500", "501", "502", "503", "504", "530", "535", "538", "554", "555"})
 
 
+def _utf8(text: str) -> bool:
+    """No undecodable byte (a surrogate escape) in a command's `text`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class GuardedSMTP(SMTP):
     """aiosmtpd's SMTP protocol with apiguard's gate: client networks and AUTH,
     session and rate limits, a DATA timeout, and a budget of errors."""
@@ -232,7 +242,11 @@ class GuardedSMTP(SMTP):
         # aiosmtpd sizes its stream reader from this attribute in __init__.
         self.line_length_limit = max_line_length + 1  # + the transparent dot
         # On the implicit TLS port the whole session is encrypted already.
+        # SMTPUTF8 (RFC 6531): internationalised addresses are taken; the relay
+        # is asked for SMTPUTF8 in turn, else they fail with a 5.6.7 notice.
+        kwargs.setdefault("enable_SMTPUTF8", True)
         super().__init__(handler, auth_require_tls=not implicit_tls, **kwargs)
+        self._plain_replies = False  # the greeting, HELO and EHLO: no enhanced code
         self._policy = policy or AccessPolicy(networks, require_auth=False, auth_available=False)
         self._limits = limits
         self._users = users
@@ -365,6 +379,9 @@ class GuardedSMTP(SMTP):
         if status == _SIZE_REFUSED_AT_MAIL:
             # A reply people see (their client shows it): in French and English.
             status = str(replies.message_too_big(self.data_size_limit or 0))
+        greeting = f"220 {self.hostname} {self.__ident__}"  # no enhanced code (RFC 2034 3)
+        if isinstance(status, str) and not self._plain_replies and status != greeting:
+            status = with_enhanced_code(status)
         if isinstance(status, bytes):
             await super().push(status)
             code = status[:3].decode("ascii", "replace")
@@ -379,10 +396,29 @@ class GuardedSMTP(SMTP):
             await super().push(str(TOO_MANY_ERRORS))
             self.transport.close()
 
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         match = _SIMPLE_PATH.match(arg.lstrip())
         if match is None:
-            return super()._getaddr(arg)
+            address, rest = super()._getaddr(arg)
+            if address is not None and not _utf8(address):
+                return None, None  # bytes that are not UTF-8: no address (553)
+            return address, rest
         address = match.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
@@ -463,6 +499,8 @@ class GuardedSMTP(SMTP):
                 metrics.record_refusal("inflight_budget")
                 log.warning("smtp.memory_budget_spent", at="reading")
                 await self.push(str(OUT_OF_MEMORY_BUDGET))
+            elif result.state is DataState.HEADER_TOO_LONG:
+                await self.push(str(replies.header_line_too_long(self.line_length_limit - 1)))
             else:
                 await self.push(str(replies.message_too_big(self.data_size_limit or 0)))
             return
@@ -555,6 +593,19 @@ class ApiguardHandler:
         self.accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd's EHLO reply, with what apiguard also does: replies with
+        enhanced status codes (RFC 2034) and pipelined commands (RFC 2920)."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_MAIL(
         self,

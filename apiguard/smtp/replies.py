@@ -76,6 +76,19 @@ def line_too_long(limit: int) -> Reply:
     )
 
 
+def header_line_too_long(limit: int) -> Reply:
+    """A header line (a subject, a list of addresses) over the limit: the
+    sending program did not fold it; an attachment would not help."""
+    return Reply(
+        500,
+        "5.5.2",
+        f"ligne d'en-tete de plus de {limit} octets: raccourcissez l'objet ou la liste"
+        " des destinataires, ou signalez-le a l'editeur du logiciel qui envoie"
+        f" / header line longer than {limit} octets: shorten the subject or the recipient"
+        " list, or report it to the sending software's vendor",
+    )
+
+
 def message_too_big(limit: int) -> Reply:
     mega = limit >= 1024 * 1024
     size = f"{limit / 1024 / 1024:.0f}" if mega else f"{limit / 1024:.0f}"

@@ -73,6 +73,16 @@ def missing_certificate(tmp_path: Path) -> Sections:
     return {"smtp": {"tls_cert": str(tmp_path / "absent.pem"), "tls_key": str(key)}}
 
 
+def not_pem(tmp_path: Path) -> Path:
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    return tmp_path / "notes.txt"
+
+
+def missing_key(tmp_path: Path) -> Sections:
+    cert, _ = make_certificate(tmp_path / "tls")
+    return {"smtp": {"tls_cert": str(cert), "tls_key": str(tmp_path / "absent.key")}}
+
+
 def store_under_a_file(tmp_path: Path) -> Sections:
     (tmp_path / "a-file").write_text("not a folder\n")
     return {"storage": {"path": str(tmp_path / "a-file" / "var")}}
@@ -86,6 +96,22 @@ CASES: dict[str, tuple[Callable[[Path, int], Sections], str]] = {
     "missing certificate": (
         lambda tmp, port: missing_certificate(tmp),
         "absent.pem: file not found",
+    ),
+    "missing relay CA file": (
+        lambda tmp, port: {"relay": {"host": "127.0.0.1", "ca_file": str(tmp / "absent-ca.pem")}},
+        "relay.ca_file: {tmp}/absent-ca.pem: file not found",
+    ),
+    "relay CA file that is no certificate": (
+        lambda tmp, port: {"relay": {"host": "127.0.0.1", "ca_file": str(not_pem(tmp))}},
+        "relay.ca_file: {tmp}/notes.txt: not a CA bundle",
+    ),
+    "missing correspondents directory": (
+        lambda tmp, port: {"charter": {"correspondents": str(tmp / "absent.toml")}},
+        "charter.correspondents: {tmp}/absent.toml: file not found",
+    ),
+    "missing certificate key": (
+        lambda tmp, port: missing_key(tmp),
+        "smtp.tls_key: {tmp}/absent.key: file not found",
     ),
     "smtp port in use": (
         lambda tmp, port: {"smtp": {"port": port}},
@@ -127,7 +153,7 @@ def test_a_configuration_error_ends_with_one_line_and_a_non_zero_exit(
         sections.setdefault(section, {}).update(keys)
     config = tmp_path / "apiguard.toml"
     config.write_text(render(sections))
-    assert_one_line(serve(config), expected)
+    assert_one_line(serve(config), expected.replace("{tmp}", str(tmp_path)))
 
 
 def test_bad_toml_is_one_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from apiguard.smtp.data import (
     _FEW_DOTS,
     _TEXT_SIZE,
+    HEADER_LINE,
     DataResult,
     DataState,
     _may_hold_a_long_line,
@@ -22,24 +23,31 @@ from apiguard.smtp.data import (
 
 
 def reference(stream: bytes, size_limit: int | None, line_limit: int) -> tuple[DataResult, bytes]:
-    """aiosmtpd 1.4's algorithm: CRLF lines up to a line that is exactly
-    ".<CRLF>"; returns the result and what is left in the stream."""
+    """aiosmtpd 1.4's algorithm with Postfix's `normalize` line model: lines
+    end at CRLF or a bare LF (made CRLF), up to a line that is exactly
+    ".<CRLF>" after a CRLF; returns the result and what is left in the stream."""
     lines: list[bytes] = []
     position = 0
     total = 0
     state = DataState.NOMINAL
+    after_crlf = True  # the DATA command line ended with CRLF
+    in_header = True
     while True:
-        end = stream.index(b"\r\n", position) + 2
+        end = stream.index(b"\n", position) + 1
         line = stream[position:end]
         position = end
-        if line == b".\r\n":
+        if line == b".\r\n" and after_crlf:
             break
+        after_crlf = line.endswith(b"\r\n")
+        text = line[:-2] if after_crlf else line[:-1]
         total += len(line)
-        if state is DataState.NOMINAL and len(line) - 2 > line_limit:
-            state = DataState.TOO_LONG
+        if state is DataState.NOMINAL and len(text) > line_limit:
+            header = in_header and HEADER_LINE.match(text)
+            state = DataState.HEADER_TOO_LONG if header else DataState.TOO_LONG
         elif state is DataState.NOMINAL and size_limit and total > size_limit:
             state = DataState.TOO_MUCH
-        lines.append(line[1:] if line.startswith(b".") else line)
+        in_header = in_header and text != b""
+        lines.append((text[1:] if text.startswith(b".") else text) + b"\r\n")
     rest = stream[position:]
     if state is not DataState.NOMINAL:
         return DataResult(state, b""), rest
@@ -97,8 +105,9 @@ def test_same_outcome_as_line_by_line(
         # one is named first may differ: both are refusals after the data).
         assert got[0].content == b""
         reasons = {expected[0].state}
-        if any(len(line) > line_limit for line in lines):
+        if any(len(line) > line_limit for line in data.replace(b"\r\n", b"\n").split(b"\n")):
             reasons.add(DataState.TOO_LONG)
+            reasons.add(DataState.HEADER_TOO_LONG)
         if size_limit and len(data) > size_limit:
             reasons.add(DataState.TOO_MUCH)
         assert got[0].state in reasons
@@ -110,11 +119,15 @@ def test_same_outcome_as_line_by_line(
         (b".\r\n", b""),
         (b"x\r\n.\r\n", b"x\r\n"),
         (b"..hidden\r\n.\r\n", b".hidden\r\n"),
-        # Bare LF or CR around a dot never ends the data (SMTP smuggling).
-        (b"a\n.\nb\r\n.\r\n", b"a\n.\nb\r\n"),
+        # Bare LF or CR around a dot never ends the data (SMTP smuggling); a
+        # bare LF ends a line, made CRLF, and the dot after it is transparent.
+        (b"a\n.\nb\r\n.\r\n", b"a\r\n\r\nb\r\n"),
         (b"a\r.\rb\r\n.\r\n", b"a\r.\rb\r\n"),
-        (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n"),
-        (b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n"),
+        (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\r\nb\r\n"),
+        (b"a\n.\r\nb\r\n.\r\n", b"a\r\n\r\nb\r\n"),
+        (b"a\n..b\r\n.\r\n", b"a\r\n.b\r\n"),
+        (b"\n.\r\n.\r\n", b"\r\n\r\n"),
+        (b"a\r\r\n.\r\n", b"a\r\r\n"),
         (b"fin.\r\nsuite.\r\n.\r\n", b"fin.\r\nsuite.\r\n"),
         # The end's first CRLF already read: an empty line, a CR, a dot line.
         (b"\r\n.\r\n", b"\r\n"),
@@ -176,6 +189,67 @@ async def test_refusals_come_after_the_end_of_data() -> None:
     assert too_long.state is DataState.TOO_LONG and rest == b"NEXT"
     too_much, rest = await read([b"y\r\n" * 1000 + b".\r\nNEXT"], 100, 998, 1001)
     assert too_much.state is DataState.TOO_MUCH and rest == b"NEXT"
+
+
+async def test_a_long_header_line_is_told_from_a_long_body_line() -> None:
+    long_subject = b"Subject: " + b"x" * 1500 + b"\r\n"
+    header, _ = await read(
+        [b"From: a@b.fr\r\n" + long_subject + b"\r\nbody\r\n.\r\n"], None, 998, 1001
+    )
+    assert header.state is DataState.HEADER_TOO_LONG
+    body, _ = await read([b"From: a@b.fr\r\n\r\n" + long_subject + b".\r\n"], None, 998, 1001)
+    assert body.state is DataState.TOO_LONG
+    bare, _ = await read([b"From: a@b.fr\n\n" + b"y" * 1200 + b"\n\r\n.\r\n"], None, 998, 1001)
+    assert bare.state is DataState.TOO_LONG
+    # Split anywhere, the header line is still seen as one.
+    pieces = [b"From: a@b.fr\r\nSubject: ", b"x" * 700, b"x" * 700 + b"\r\n\r\nb\r\n.\r\n"]
+    split_header, _ = await read(pieces, None, 998, 1001)
+    assert split_header.state is DataState.HEADER_TOO_LONG
+
+
+async def test_bare_lf_lines_are_lines_not_one_long_line() -> None:
+    """Issue 19: a LF-only letter over 1000 octets was one long line."""
+    letter = b"".join(b"Ligne %d du compte rendu, sans CR.\n" % n for n in range(100))
+    result, rest = await read([letter + b"\r\n.\r\nNEXT"], None, 998, 1001)
+    assert result == DataResult(DataState.NOMINAL, letter.replace(b"\n", b"\r\n") + b"\r\n")
+    assert rest == b"NEXT"
+
+
+LINE_TEXT = st.lists(st.sampled_from([b"a", b".", b"..", b" ", b"\xe9", b"\r"]), max_size=6).map(
+    b"".join
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts=st.lists(LINE_TEXT.filter(lambda t: not t.endswith(b"\r")), max_size=25),
+    ends=st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=25, max_size=25),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=5),
+)
+def test_never_a_dot_added_or_lost_whatever_the_line_ends(
+    texts: list[bytes], ends: list[bytes], cuts: list[int]
+) -> None:
+    """A client stuffs each line starting with a dot, ending lines with CRLF or
+    bare LF at random; what a relay reads back from apiguard's wire form is
+    every line, once, with CRLF: no dot added, none lost (a bare CR, which
+    ends no line here, is a line end on the wire: no smuggling behind)."""
+    from apiguard.relay.smtp import wire_form
+
+    ends[len(texts) - 1 :] = [b"\r\n"]  # only <CRLF>.<CRLF> ends the data
+    sent = b"".join(
+        (b"." + text if text.startswith(b".") else text) + end
+        for text, end in zip(texts, ends, strict=False)
+    )
+    stream = sent + b".\r\nNEXT"
+    result, rest = asyncio.run(read(split(stream, cuts), None, 998, 1001))
+    assert rest == b"NEXT" and result.state is DataState.NOMINAL
+    expected = b"".join(text + b"\r\n" for text in texts)
+    assert result.content == expected
+    relay_reads, relay_rest = reference(wire_form(result.content) + b"NEXT", None, 998)
+    assert relay_reads.content == expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(
+        b"\n", b"\r\n"
+    )
+    assert relay_rest == b"NEXT"
 
 
 async def test_a_client_gone_in_the_middle_raises() -> None:

@@ -8,7 +8,8 @@ from apiguard.policy.context import MessageContext, RecipientContext
 from apiguard.policy.rule import Rule, Scope
 from apiguard.policy.verdict import Action, Finding
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# RFC 6531: a local part may hold UTF-8 letters (SMTPUTF8); no C1 control.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u00a0-\U0010ffff-]+"
 _LOCAL = rf"{_ATOM}(?:\.{_ATOM})*"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})+"
@@ -16,7 +17,8 @@ _ADDRESS = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
 
 
 def is_valid_address(address: str) -> bool:
-    """A dot-atom address with a dotted domain, at most 254 characters."""
+    """A dot-atom address (UTF-8 letters allowed in the local part) with a
+    dotted ASCII domain, at most 254 characters."""
     return len(address) <= 254 and bool(_ADDRESS.match(address))
 
 
