@@ -40,7 +40,7 @@ ERROR_STAGES = ("evaluation", "store")
 REASON_CLASSES = ("tls", "auth", "connection", "4xx", "5xx")
 STORE_OPERATIONS = ("claim", "record")
 # Where an SMTP session was refused, and why (closed sets: see `record_refusal`).
-REFUSAL_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data", "command")
+REFUSAL_STAGES = ("connect", "helo", "tls", "auth", "mail", "rcpt", "data", "command")
 REFUSAL_CAUSES = (
     "network",
     "sessions",

@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import functools
 import ipaddress
 import logging
 import re
@@ -29,7 +30,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from apiguard import metrics
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
-from apiguard.smtp import replies
+from apiguard.smtp import refusals, replies
 from apiguard.smtp.auth import SubmissionUser, UserDirectory
 from apiguard.smtp.data import READ_AHEAD, DataState, read_data
 from apiguard.smtp.replies import Reply
@@ -194,6 +195,24 @@ class GuardedSMTP(SMTP):
         self._refused = False
         self._admitted = False
         self._deadline = 0.0  # when the session times out (event-loop time)
+        # The command being answered: the stage a refusal is counted under.
+        self._stage = refusals.COMMAND
+        self._smtp_methods = {
+            name: self._staged(name, method) for name, method in self._smtp_methods.items()
+        }
+
+    def _staged(self, name: str, method: Callable[[str], Any]) -> Callable[[str], Any]:
+        stage = refusals.STAGE_OF.get(name, refusals.COMMAND)
+
+        @functools.wraps(method)  # HELP reads the syntax attributes
+        async def staged(arg: str) -> None:
+            self._stage = stage
+            try:
+                await method(arg)
+            finally:
+                self._stage = refusals.COMMAND
+
+        return staged
 
     # -- timeouts -------------------------------------------------------------
 
@@ -214,6 +233,7 @@ class GuardedSMTP(SMTP):
         if self.loop.time() < self._deadline:
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
             return
+        refusals.record_without_reply(self._stage, "timeout")
         self._timeout_cb()  # type: ignore[no-untyped-call]
 
     # -- connection gate ------------------------------------------------------
@@ -243,7 +263,9 @@ class GuardedSMTP(SMTP):
     def _refuse(self, transport: asyncio.BaseTransport, outcome: str, reply: Reply) -> None:
         self._refused = True
         metrics.record_connection(outcome)
-        log.warning("smtp.client_refused", reason=outcome.removeprefix("refused_"))
+        cause = outcome.removeprefix("refused_")
+        metrics.record_refusal("connect", cause)
+        log.warning("smtp.client_refused", stage="connect", cause=cause, code=reply.code)
         # Any loop's transport (asyncio's or uvloop's, which is no subclass).
         cast(asyncio.WriteTransport, transport).write(f"{reply}\r\n".encode("ascii"))
         transport.close()
@@ -275,16 +297,19 @@ class GuardedSMTP(SMTP):
             status = str(replies.message_too_big(self.data_size_limit or 0))
         if isinstance(status, bytes):
             await super().push(status)
-            code = status[:3].decode("ascii", "replace")
+            status = status.decode("ascii", "replace")
         else:
             await super().push(status)
-            code = status[:3]
+        code = status[:3]
+        if code[:1] in ("4", "5"):
+            refusals.record(self._stage, status)
         if code not in _ERROR_CODES:
             return
         self._errors += 1
         if self._errors >= self._max_errors and self.transport is not None:
             log.warning("smtp.too_many_errors", errors=self._errors)
             await super().push(str(TOO_MANY_ERRORS))
+            refusals.record(self._stage, str(TOO_MANY_ERRORS))
             self.transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
