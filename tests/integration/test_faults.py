@@ -28,6 +28,7 @@ import pytest
 
 from apiguard.store.base import RecipientState
 from bench.messages import MessageFactory
+from tests.integration.service_log import assert_json_lines
 from tests.integration.test_crash_recovery import write_config as crash_recovery_config
 from tests.support import (
     Received,
@@ -105,6 +106,7 @@ async def apiguard_process(
             process.kill()
         await process.wait()
         await reader
+    assert_json_lines(log)  # nothing but JSON reaches the log
 
 
 def apiguard_ids(messages: list[Received]) -> list[str]:
