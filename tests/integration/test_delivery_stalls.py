@@ -25,11 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiguard import metrics
 from apiguard.app import Application
+from apiguard.store.base import MessageKind
 from tests.support import (
     Received,
     SinkHandler,
@@ -336,3 +337,68 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
         lines += line
         if line[3:4] != b"-":
             return lines
+
+
+class RefusingAuthenticator:
+    def __call__(self, *_: object) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize(
+    ("relay_kind", "expected"),
+    [
+        ("no-starttls", "the relay does not offer STARTTLS"),
+        ("auth-refused", "authentication refused: 535 5.7.8 Authentication credentials invalid"),
+        ("nothing-listening", "connection refused"),
+    ],
+)
+async def test_relay_trouble_is_stored_and_reported_in_words(
+    tmp_path: Path, relay_kind: str, expected: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    handler = SinkHandler()
+    relay: dict[str, object] = {"security": "none"}
+    if relay_kind == "no-starttls":
+        relay = {"security": "starttls"}
+    elif relay_kind == "auth-refused":
+        relay = {"security": "none", "username": "cabinet", "password": "wrong"}
+
+    def protocol() -> SMTP:
+        return SMTP(
+            handler,
+            hostname="relay.test",
+            loop=loop,
+            auth_required=relay_kind == "auth-refused",
+            auth_require_tls=False,
+            authenticator=RefusingAuthenticator(),
+        )
+
+    server = None
+    if relay_kind != "nothing-listening":
+        server = await loop.create_server(protocol, "127.0.0.1", port)
+    # Late at once: the sender's delay report shows the reason (and stays
+    # queued, its content kept, since it cannot reach the relay either).
+    settings = proxy_settings(tmp_path / "var", port, relay=relay, delivery={"delay_warning": 0.2})
+    try:
+        async with running_proxy(settings) as app:
+            _, reply = await send(app.port, SENDER, [COLLEAGUE], letter(5))
+            message_id = queued_id(reply)
+            await eventually(lambda: _last_reply(app, message_id) == expected)
+
+            def reports() -> list[str]:
+                rows = app.store.sync.list_messages(None)
+                return [m.id for m in rows if m.kind is MessageKind.NOTICE]
+
+            await eventually(lambda: len(reports()) == 1)
+            raw = app.store.sync.get_raw(reports()[0])
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    assert raw is not None
+    text = re.sub(r"\r\n[ \t]+", " ", raw.decode("utf-8", "replace"))
+    assert f"Diagnostic-Code: X-Apiguard; {expected}" in text
+    assert "Remote-MTA: dns; 127.0.0.1" in text
+    assert "Error" not in text.split("Diagnostic-Code:")[1].split("\r\n")[0]  # no class name
