@@ -402,3 +402,46 @@ async def test_relay_trouble_is_stored_and_reported_in_words(
     assert f"Diagnostic-Code: X-Apiguard; {expected}" in text
     assert "Remote-MTA: dns; 127.0.0.1" in text
     assert "Error" not in text.split("Diagnostic-Code:")[1].split("\r\n")[0]  # no class name
+
+
+async def test_a_client_refused_by_network_or_stalling_in_data_is_logged_and_counted(
+    tmp_path: Path, deferring_relay: tuple[DeferringHandler, int]
+) -> None:
+    _, port = deferring_relay
+
+    def count(stage: str, cause: str) -> float:
+        labels = {"stage": stage, "cause": cause}
+        return metrics.REGISTRY.get_sample_value("apiguard_smtp_refusals_total", labels) or 0.0
+
+    before = count("data", "timeout"), count("connect", "network")
+    stalling = proxy_settings(tmp_path / "a", port, smtp={"port": 0, "data_timeout": 0.3})
+    with structlog.testing.capture_logs() as logs:
+        async with running_proxy(stalling) as app:
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+            await _reply(reader)
+            for line in (b"EHLO c\r\n", b"MAIL FROM:<" + SENDER.encode() + b">\r\n"):
+                writer.write(line)
+                await _reply(reader)
+            writer.write(b"RCPT TO:<" + COLLEAGUE.encode() + b">\r\nDATA\r\n")
+            await _reply(reader)
+            assert (await _reply(reader)).startswith(b"354")
+            writer.write(b"Subject: half a letter\r\n")  # and then nothing
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+            writer.close()
+        elsewhere = proxy_settings(
+            tmp_path / "b", port, smtp={"port": 0, "allowed_networks": ["10.0.0.0/8"]}
+        )
+        async with running_proxy(elsewhere) as app:
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+            assert (await _reply(reader)).startswith(b"554 5.7.1")
+            writer.close()
+    assert (count("data", "timeout"), count("connect", "network")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+    traces = [
+        (e.get("stage"), e.get("cause"))
+        for e in logs
+        if e["event"] in ("smtp.refused", "smtp.client_refused")
+    ]
+    assert traces == [("data", "timeout"), ("connect", "network")]

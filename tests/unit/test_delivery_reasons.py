@@ -316,3 +316,46 @@ def test_library_log_lines_become_events_without_their_arguments() -> None:
         },
         {"event": "smtp.server_log", "logger": "mail.log", "log_level": "warning"},
     ]
+
+
+class UnwritableStore(AsyncStore):
+    """The real store, whose claims fail while `broken`."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(store)
+        self.broken = True
+        self.claims = 0
+
+    async def claim(self, now: float, limit: int, lease: float = 900.0) -> list[Any]:
+        self.claims += 1
+        if self.broken:
+            raise StoreError("database or disk is full")
+        return await super().claim(now, limit, lease)
+
+
+async def test_failing_claims_back_off_with_a_few_log_lines_then_delivery_resumes(
+    tmp_path: Path,
+) -> None:
+    store = UnwritableStore(SqliteStore(tmp_path))
+    relay = MemoryRelay()
+    settings = DeliverySettings(poll_interval=0.001, delay_warning=0)
+    worker = DeliveryWorker(store, relay, settings, NoticeIdentity())
+    await store.accept(mail("m1"))
+    with structlog.testing.capture_logs() as logs:
+        await worker.start()
+        await asyncio.sleep(0.5)
+        assert not worker.store_writable
+        tried = store.claims
+        store.broken = False
+        for _ in range(400):
+            if relay.sent:
+                break
+            await asyncio.sleep(0.01)
+        await worker.stop()
+    assert len(relay.sent) == 1 and worker.store_writable
+    # Doubling waits from 1 ms: about ten tries in half a second, not thousands.
+    assert 3 <= tried <= 15
+    failed = [e for e in logs if e["event"] == "delivery.claim_failed"]
+    assert 1 <= len(failed) <= 6
+    assert failed[0]["reason"] == "database or disk is full"
+    await store.close()
