@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import re
 import secrets
@@ -106,7 +107,7 @@ def notice_message(
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # the same attempt, not an equal one
 class Attempt:
     """One attempt's outcomes and the notices they cause: recorded in the
     store, or kept here until the store takes them."""
@@ -170,10 +171,11 @@ class DeliveryWorker:
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self.last_loop_at = 0.0
-        # Messages claimed and not yet settled here (queued or being attempted),
-        # and attempts whose outcome the store has not taken yet.
-        self._held: set[str] = set()
-        self._unrecorded: dict[str, Attempt] = {}
+        # Recipients (message id, address) claimed and not settled yet: queued
+        # here, being attempted, or with an outcome the store has not taken
+        # yet; and those attempts, oldest first.
+        self._held: set[tuple[str, str]] = set()
+        self._unrecorded: list[Attempt] = []
         # Real time (not `clock`): how long to wait for a store to recover.
         cap = min(STORE_RETRY_MAX, max(settings.retry_max, settings.poll_interval))
         self._claim_pace = Backoff(settings.poll_interval, cap, time.monotonic)
@@ -210,7 +212,7 @@ class DeliveryWorker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        for attempt in list(self._unrecorded.values()):  # a last chance
+        for attempt in list(self._unrecorded):  # a last chance
             await self._record(attempt)
         # Claimed but not attempted: due again (a crash would do the same at start-up).
         unattempted = [job.message_id for job in self._queue]
@@ -251,12 +253,16 @@ class DeliveryWorker:
             return False
         self._store_worked(self._claim_pace)
         for job in claimed:
-            # A lease that ran out while this worker still holds the message
+            # A lease that ran out while this worker still holds the recipient
             # (a slow attempt, an outcome not recorded yet): that one settles it.
-            if job.message_id not in self._held and job.message_id not in self._unrecorded:
-                self._held.add(job.message_id)
-                self._queue.append(job)
+            rows = tuple(r for r in job.recipients if (job.message_id, r.rcpt) not in self._held)
+            if rows:
+                self._held.update((job.message_id, r.rcpt) for r in rows)
+                self._queue.append(dataclasses.replace(job, recipients=rows))
         return bool(claimed)
+
+    def _release(self, job: DeliveryJob) -> None:
+        self._held.difference_update((job.message_id, r.rcpt) for r in job.recipients)
 
     def _store_failed(
         self, operation: str, error: Exception, pace: Backoff, budget: LogBudget
@@ -315,15 +321,18 @@ class DeliveryWorker:
         return SpooledContent(path, size)
 
     async def _attempt(self, job: DeliveryJob) -> None:
+        settled = False
         try:
             async with self._slots:
                 started = self.clock()
                 content, result = await self._send(job)
                 attempt = await self._settle(job, content, result, started)
                 self._report(attempt)
+                settled = True
                 await self._record(attempt)
         finally:
-            self._held.discard(job.message_id)
+            if not settled:  # an attempt that broke off: its lease brings it back
+                self._release(job)
 
     async def _send(self, job: DeliveryJob) -> tuple[Content, SendResult]:
         recipients = [r.rcpt for r in job.recipients]
@@ -392,10 +401,13 @@ class DeliveryWorker:
         try:
             await self.store.complete(message_id, attempt.outcomes, attempt.notices, attempt.at)
         except Exception as error:
-            self._unrecorded[message_id] = attempt
+            if attempt not in self._unrecorded:
+                self._unrecorded.append(attempt)
             self._store_failed("record", error, self._record_pace, self._record_log)
             return False
-        self._unrecorded.pop(message_id, None)
+        if attempt in self._unrecorded:
+            self._unrecorded.remove(attempt)
+        self._release(attempt.job)
         self._store_worked(self._record_pace)
         if attempt.notices:
             self._wake.set()
@@ -404,7 +416,7 @@ class DeliveryWorker:
     async def _record_kept(self) -> None:
         if not self._unrecorded or self._record_pace.waiting:
             return
-        for attempt in list(self._unrecorded.values()):
+        for attempt in list(self._unrecorded):
             if not await self._record(attempt):
                 return
 

@@ -359,3 +359,36 @@ async def test_failing_claims_back_off_with_a_few_log_lines_then_delivery_resume
     assert 1 <= len(failed) <= 6
     assert failed[0]["reason"] == "database or disk is full"
     await store.close()
+
+
+class SlowRelay(MemoryRelay):
+    """Takes `seconds` to answer each attempt."""
+
+    seconds: float = 0.3
+    attempts: int = 0
+
+    async def send(self, mail_from: str, recipients: list[str], data: Any) -> Any:
+        self.attempts += 1
+        await asyncio.sleep(self.seconds)
+        return await super().send(mail_from, recipients, data)
+
+
+async def test_a_lease_running_out_during_a_slow_attempt_does_not_start_a_second_one(
+    tmp_path: Path,
+) -> None:
+    store = AsyncStore(SqliteStore(tmp_path))
+    relay = SlowRelay()
+    settings = DeliverySettings(poll_interval=0.01, lease=0.05, delay_warning=0)
+    worker = DeliveryWorker(store, relay, settings, NoticeIdentity())
+    await store.accept(mail("m1"))
+    await worker.start()
+    for _ in range(100):
+        if relay.sent:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    await worker.stop()
+    assert relay.attempts == 1 and len(relay.sent) == 1
+    stored = store.sync.get("m1")
+    assert stored is not None and stored.recipients[0].state is RecipientState.DELIVERED
+    await store.close()
