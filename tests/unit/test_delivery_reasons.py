@@ -392,3 +392,34 @@ async def test_a_lease_running_out_during_a_slow_attempt_does_not_start_a_second
     stored = store.sync.get("m1")
     assert stored is not None and stored.recipients[0].state is RecipientState.DELIVERED
     await store.close()
+
+
+def test_python_last_resort_error_printers_write_json_without_the_errors_words() -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = """
+import threading, warnings
+from apiguard.logs import configure_logging, install_error_hooks
+configure_logging("json", "info")
+install_error_hooks()
+warnings.warn("about TESTPATIENT", RuntimeWarning)
+thread = threading.Thread(target=lambda: {}["TESTPATIENT"], name="worker")
+thread.start(); thread.join()
+class Closing:
+    def __del__(self): raise ValueError("TESTPATIENT")
+closing = Closing(); del closing
+raise KeyError("TESTPATIENT")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1 and "TESTPATIENT" not in done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(e["event"], e.get("error")) for e in events] == [
+        ("python.warning", None),
+        ("python.thread_error", "KeyError"),
+        ("python.unraisable_error", "ValueError"),
+        ("python.uncaught_error", "KeyError"),
+    ]
