@@ -265,7 +265,9 @@ class GuardedSMTP(SMTP):
         metrics.record_connection(outcome)
         cause = outcome.removeprefix("refused_")
         metrics.record_refusal("connect", cause)
-        log.warning("smtp.client_refused", stage="connect", cause=cause, code=reply.code)
+        log.warning(
+            "smtp.refused", stage="connect", cause=cause, code=reply.code, status=reply.status
+        )
         # Any loop's transport (asyncio's or uvloop's, which is no subclass).
         cast(asyncio.WriteTransport, transport).write(f"{reply}\r\n".encode("ascii"))
         transport.close()
