@@ -54,6 +54,10 @@ def write_config(tmp_path: Path, smtp_port: int, sink_port: int) -> Path:
     with config.open("a") as handle:
         # Hundreds of letters from one sender in seconds: a runaway sender by design.
         handle.write('[charter.rules."art2.rate"]\nper_10min = 100000\nper_day = 100000\n')
+        # A client sends again a letter whose 250 a kill cut off, though it was
+        # stored: the same letter to the same colleague, which art2.duplicate
+        # rightly holds (seen once in a full run); not what these tests are about.
+        handle.write('[charter.rules."art2.duplicate"]\nenabled = false\n')
     return config
 
 
