@@ -102,6 +102,7 @@ class Application:
             settings.delivery,
             self.identity,
             concurrency=settings.relay.connections,
+            relay_host=settings.relay.host,
         )
         self.analyser = Analyser(self.charter, settings, workers=settings.processing.workers)
         self.pipeline = Pipeline(
@@ -153,6 +154,7 @@ class Application:
                     self.listeners,
                     self.settings.storage.path,
                     self.settings.delivery.poll_interval,
+                    relay_failure_grace=self.settings.ops.relay_failure_grace,
                 )
                 self.ops = await start_ops(self.settings.ops, probes.ready, probes.refresh)
         except BaseException:

@@ -468,10 +468,11 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
 
 def _serve(args: argparse.Namespace) -> int:
     from apiguard.app import Application
-    from apiguard.logs import configure_logging
+    from apiguard.logs import configure_logging, install_error_hooks
 
     settings = _settings(args.config)
     configure_logging(settings.logging.format, settings.logging.level)
+    install_error_hooks()
 
     async def run() -> None:
         app = Application(settings)

@@ -178,13 +178,20 @@ class StorageSettings(Section):
 
 class DeliverySettings(Section):
     """Retries: exponential backoff from `retry_initial` doubling up to `retry_max`
-    seconds, until `lifetime` seconds after acceptance."""
+    seconds, until `lifetime` seconds after acceptance.
+
+    A claimed recipient is leased for `lease` seconds: an attempt that records
+    no outcome by then (the store could not be written) is tried again. Mail
+    still undelivered `delay_warning` seconds after acceptance gets one
+    "delayed" report to its sender (0: never)."""
 
     retry_initial: float = Field(default=60.0, gt=0)
     retry_max: float = Field(default=3600.0, gt=0)
     lifetime: float = Field(default=5 * 24 * 3600.0, gt=0)
     poll_interval: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=50, ge=1)
+    lease: float = Field(default=900.0, gt=0)
+    delay_warning: float = Field(default=4 * 3600.0, ge=0)
 
 
 class NoticeSettings(Section):
@@ -208,6 +215,9 @@ class OpsSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9025, ge=0, le=65535)
+    # /readyz says "not ready" once the relay has failed (no connection, TLS,
+    # login) for this many seconds without a success; 0: never for the relay.
+    relay_failure_grace: float = Field(default=900.0, ge=0)
 
 
 class ReviewSettings(Section):

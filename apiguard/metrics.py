@@ -44,6 +44,36 @@ CONNECTION_OUTCOMES = (
 )
 AUTH_RESULTS = ("success", "failure")
 ERROR_STAGES = ("evaluation", "store")
+REASON_CLASSES = ("tls", "auth", "connection", "4xx", "5xx")
+STORE_OPERATIONS = ("claim", "record")
+# Where an SMTP session was refused, and why (closed sets: see `record_refusal`).
+REFUSAL_STAGES = ("connect", "helo", "tls", "auth", "mail", "rcpt", "data", "command")
+REFUSAL_CAUSES = (
+    "network",
+    "sessions",
+    "rate",
+    "tls_required",
+    "auth_required",
+    "auth_failed",
+    "sender_not_allowed",
+    "charter",
+    "recipients",
+    "line_too_long",
+    "too_big",
+    "timeout",
+    "syntax",
+    "unknown_command",
+    "too_many_errors",
+    "address_sessions",
+    "unauthenticated",
+    "pre_auth_timeout",
+    "auth_throttled",
+    "control_characters",
+    "memory_budget",
+    "store",
+    "shutting_down",
+    "other",
+)
 _RULE_ID = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9-]+)+$")
 
 MESSAGES = Counter(
@@ -99,6 +129,34 @@ SMTP_CONNECTIONS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+SMTP_REFUSALS = Counter(
+    "apiguard_smtp_refusals",
+    "SMTP refusals (4xx and 5xx replies, refused connections), by stage and cause.",
+    ["stage", "cause"],
+    registry=REGISTRY,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "apiguard_queue_oldest_age_seconds",
+    "Age of the oldest message still waiting for delivery (0: the queue is empty).",
+    registry=REGISTRY,
+)
+DEFERRED_BY_REASON = Gauge(
+    "apiguard_deferred_recipients",
+    "Recipients waiting for a retry, by the class of their last reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RELAY_LAST_SUCCESS = Gauge(
+    "apiguard_relay_last_success_timestamp_seconds",
+    "When the relay last accepted a message (Unix time; 0: not since the start).",
+    registry=REGISTRY,
+)
+STORE_FAILURES = Counter(
+    "apiguard_delivery_store_failures",
+    "Delivery claims and outcome records the store failed to write, by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
 SMTP_AUTH = Counter(
     "apiguard_smtp_auth",
     "SMTP AUTH attempts, by result.",
@@ -107,19 +165,6 @@ SMTP_AUTH = Counter(
 )
 
 # Hostile input (issue 18): what the edge refuses, and notices not sent.
-EDGE_REFUSALS = (
-    "address_controls",
-    "null_sender",
-    "inflight_budget",
-    "auth_throttled",
-    "idle_before_auth",
-)
-SMTP_REFUSALS = Counter(
-    "apiguard_smtp_refusals",
-    "SMTP commands or sessions refused by the edge's protections, by reason.",
-    ["reason"],
-    registry=REGISTRY,
-)
 NOTICES_DROPPED = Counter(
     "apiguard_notices_dropped",
     "Notices not sent because the sender is not one the practice owns.",
@@ -155,9 +200,11 @@ def initialise(rule_ids: Iterable[str]) -> None:
         SMTP_CONNECTIONS.labels(outcome=outcome)
     for result in AUTH_RESULTS:
         SMTP_AUTH.labels(result=result)
-    for reason in EDGE_REFUSALS:
-        SMTP_REFUSALS.labels(reason=reason)
     NOTICES_DROPPED.labels(reason="sender_not_owned")
+    for reason in REASON_CLASSES:
+        DEFERRED_BY_REASON.labels(reason=reason)
+    for operation in STORE_OPERATIONS:
+        STORE_FAILURES.labels(operation=operation)
 
 
 def record_decision(decision: Decision) -> None:
@@ -197,9 +244,21 @@ def record_auth(success: bool) -> None:
     SMTP_AUTH.labels(result="success" if success else "failure").inc()
 
 
-def record_refusal(reason: str) -> None:
-    """A command refused by the edge's protections (`EDGE_REFUSALS`)."""
-    SMTP_REFUSALS.labels(reason=_closed(reason, EDGE_REFUSALS)).inc()
+def record_refusal(stage: str, cause: str) -> None:
+    SMTP_REFUSALS.labels(
+        stage=_closed(stage, REFUSAL_STAGES), cause=_closed(cause, REFUSAL_CAUSES)
+    ).inc()
+
+
+def record_store_failure(operation: str) -> None:
+    STORE_FAILURES.labels(operation=_closed(operation, STORE_OPERATIONS)).inc()
+
+
+def set_queue_health(oldest_age: float, deferred_by_class: Mapping[str, int]) -> None:
+    """The oldest queued message's age and the deferred recipients by reason class."""
+    QUEUE_OLDEST_AGE.set(max(0.0, oldest_age))
+    for reason in REASON_CLASSES:
+        DEFERRED_BY_REASON.labels(reason=reason).set(deferred_by_class.get(reason, 0))
 
 
 def record_notice_dropped(reason: str = "sender_not_owned") -> None:

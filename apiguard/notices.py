@@ -58,6 +58,8 @@ class FailedRecipient:
     action: str  # "failed" or "delayed"
     status: str  # e.g. "5.1.1"
     diagnostic: str  # e.g. "smtp; 550 5.1.1 unknown user"
+    remote_mta: str = ""  # the relay's host name, when a relay was tried
+    retry_until: float | None = None  # a delayed recipient's last try
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,13 @@ def _dsn_blocks(
         block["Final-Recipient"] = dsn_field(final_recipient(recipient.rcpt))
         block["Action"] = recipient.action
         block["Status"] = dsn_field(recipient.status, 20)
+        if recipient.remote_mta:
+            block["Remote-MTA"] = f"dns; {dsn_field(recipient.remote_mta)}"
         block["Diagnostic-Code"] = dsn_field(recipient.diagnostic)
+        if recipient.retry_until is not None:
+            block["Will-Retry-Until"] = email.utils.formatdate(
+                recipient.retry_until, localtime=False
+            )
         blocks.append(block)
     return blocks
 
@@ -328,10 +336,7 @@ def bounce(
     expired: bool = False,
 ) -> bytes:
     """Delivery failed for some recipients: a wrong address is reported back."""
-    listing = "\n".join(
-        f" - {dsn_field(f.rcpt)} : {dsn_field(f.diagnostic).removeprefix('smtp; ')}"
-        for f in failures
-    )
+    listing = _listing(failures)
     if expired:
         reason_fr = (
             "Le serveur de messagerie n'a pas pu être joint pendant toute la durée prévue : "
@@ -372,6 +377,63 @@ Any other recipients are not affected."""
         original_raw=original_raw,
         arrival=arrival,
         recipients=failures,
+    )
+
+
+def _listing(recipients: Sequence[FailedRecipient]) -> str:
+    """One line per recipient with the reason (the diagnostic without its type)."""
+    return "\n".join(
+        f" - {dsn_field(r.rcpt)} : {dsn_field(r.diagnostic.partition('; ')[2] or r.diagnostic)}"
+        for r in recipients
+    )
+
+
+def delay_notice(
+    *,
+    identity: NoticeIdentity,
+    message_id: str,
+    sender: str,
+    delayed: Sequence[FailedRecipient],
+    original_raw: bytes,
+    arrival: float,
+    give_up_at: float,
+) -> bytes:
+    """Delivery is late for some recipients (`delivery.delay_warning`): said
+    once, while apiguard keeps trying. A warning, not a failure."""
+    listing = _listing(delayed)
+    text_fr = f"""Bonjour,
+
+Votre message (identifiant apiguard {message_id}, reçu le {_when(arrival)}) n'a PAS \
+ENCORE pu être remis aux destinataires suivants :
+{listing}
+
+Ce n'est pas un échec : apiguard continue d'essayer automatiquement jusqu'au \
+{_when(give_up_at)}. Vous n'avez rien à renvoyer. Si le message est urgent, prévenez le \
+correspondant par un autre moyen (téléphone). Si l'envoi échoue pour de bon, vous recevrez \
+un autre avis. Le contenu du message n'est pas reproduit ici, par confidentialité.
+Si le motif ci-dessus concerne le serveur de messagerie (connexion, certificat, \
+authentification), signalez-le à la personne qui gère la messagerie du cabinet."""
+    text_en = f"""Hello,
+
+Your message (apiguard id {message_id}, received {_when(arrival)}) could NOT be delivered \
+YET to these recipients:
+{listing}
+
+This is not a failure: apiguard keeps trying automatically until {_when(give_up_at)}. \
+There is nothing to send again. If the message is urgent, reach the correspondent another \
+way (telephone). If delivery fails for good, you will get another notice. The message \
+content is not repeated here, for confidentiality.
+If the reason above is about the mail server (connection, certificate, login), tell the \
+person who runs the practice's mail."""
+    return build_report(
+        identity=identity,
+        to=sender,
+        subject="Envoi retardé : message pas encore remis / Delivery delayed",
+        text_fr=text_fr,
+        text_en=text_en,
+        original_raw=original_raw,
+        arrival=arrival,
+        recipients=delayed,
     )
 
 

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from apiguard import metrics
 from apiguard.config import ConfigError, OpsSettings
+from apiguard.relay.base import reason_class
 
 if TYPE_CHECKING:
     from apiguard.delivery import DeliveryWorker
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("apiguard.ops")
 
-ReadinessProbe = Callable[[], Awaitable[Mapping[str, bool]]]
+# Each check's name and whether it passes; with the reasons of those that do not.
+Readiness = tuple[Mapping[str, bool], Mapping[str, str]]
+ReadinessProbe = Callable[[], Awaitable[Readiness]]
 Refresh = Callable[[], Awaitable[None]]
 
 
@@ -47,12 +50,12 @@ def ops_app(ready: ReadinessProbe, refresh: Refresh) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        checks = dict(await ready())
+        checks, reasons = await ready()
         ok = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": checks},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks}
+        if reasons:
+            body["reasons"] = dict(reasons)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
@@ -162,6 +165,13 @@ def _probe_writable(directory: Path) -> bool:
     return True
 
 
+def _words(error: Exception) -> str:
+    """An OS or store error in words (its message, else its kind)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or "no answer in time"
+
+
 class Probes:
     """What /readyz checks and what /metrics refreshes, over the running parts."""
 
@@ -173,6 +183,8 @@ class Probes:
         listeners: SmtpListeners,
         storage: Path,
         poll_interval: float,
+        *,
+        relay_failure_grace: float = 900.0,
     ) -> None:
         self.store = store
         self.delivery = delivery
@@ -180,23 +192,57 @@ class Probes:
         self.listeners = listeners
         self.storage = storage
         self.stale_after = max(60.0, 10 * poll_interval)
+        self.relay_failure_grace = relay_failure_grace
 
-    async def ready(self) -> dict[str, bool]:
-        """The store's folder takes a write (on the store's own thread, so a stuck
-        store fails too), the delivery worker loops, the SMTP ports listen."""
+    async def ready(self) -> Readiness:
+        """The store takes writes (a file in its folder, on the store's own
+        thread so a stuck store fails too, and the delivery worker's claims and
+        records), the delivery worker loops, the SMTP ports listen, and the
+        relay has not failed for longer than `ops.relay_failure_grace`."""
+        reasons: dict[str, str] = {}
         try:
-            store_ok = await asyncio.wait_for(
-                self.store.run(_probe_writable, self.storage), timeout=5
-            )
-        except Exception:
-            store_ok = False
+            await asyncio.wait_for(self.store.run(_probe_writable, self.storage), timeout=5)
+        except Exception as error:
+            reasons["store"] = f"the store's folder cannot be written: {_words(error)}"
         worker = self.delivery
+        if "store" not in reasons and not worker.store_writable:
+            reasons["store"] = f"the store cannot be written: {worker.store_failure}"
         delivery_ok = worker.alive and worker.clock() - worker.last_loop_at < self.stale_after
-        return {"store": store_ok, "delivery": delivery_ok, "smtp": self.listeners.serving}
+        if not delivery_ok:
+            reasons["delivery"] = "the delivery loop is not running"
+        relay = self._relay_trouble()
+        if relay:
+            reasons["relay"] = relay
+        checks = {
+            "store": "store" not in reasons,
+            "delivery": delivery_ok,
+            "smtp": self.listeners.serving,
+            "relay": "relay" not in reasons,
+        }
+        if not self.listeners.serving:
+            reasons["smtp"] = "the SMTP ports are not listening"
+        return checks, reasons
+
+    def _relay_trouble(self) -> str:
+        """Why the relay counts as down (failing for longer than the grace), or ""."""
+        health = self.delivery.relay_health
+        if not self.relay_failure_grace or health.failing_since is None:
+            return ""
+        failing = self.delivery.clock() - health.failing_since
+        if failing < self.relay_failure_grace:
+            return ""
+        return f"the relay has failed for {int(failing)} s: {health.last_reason}"
 
     async def refresh(self) -> None:
         """Gauges read from the store, just before a scrape."""
         metrics.set_queue_depth(await self.store.run(self.store.sync.queue_counts))
+        oldest, deferred = await self.store.run(self.store.sync.queue_health)
+        by_class: dict[str, int] = {}
+        for reason, count in deferred.items():
+            kind = reason_class(reason)
+            by_class[kind] = by_class.get(kind, 0) + count
+        age = self.delivery.clock() - oldest if oldest is not None else 0.0
+        metrics.set_queue_health(age, by_class)
         volume = self.pipeline.volume  # art2.rate circuits; absent without volume state
         if volume is not None:
             metrics.CIRCUITS_OPEN.set(len(await self.store.run(volume.circuits)))

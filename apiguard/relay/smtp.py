@@ -21,6 +21,7 @@ from apiguard.relay.base import (
 )
 from apiguard.relay.eightbit import seven_bit
 from apiguard.relay.replies import ReplyReader
+from apiguard.relay.trouble import BAD_CONNECTION, LostAfterData, trouble
 from apiguard.smtp.data import transparent_dots
 
 
@@ -233,11 +234,6 @@ async def _send_body(
     return True
 
 
-class _LostAfterData(aiosmtplib.SMTPServerDisconnected):
-    """The connection ended after the whole content was sent: the relay may
-    have taken it, so it is not sent again at once (the normal retry does)."""
-
-
 # A refusal: temporary (4xx) or permanent (5xx).
 REFUSAL = range(400, 600)
 
@@ -305,19 +301,19 @@ class SmtpRelay:
                 try:
                     client = await self._acquire()
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-                    return self._all(recipients, connection_trouble(type(error).__name__))
+                    return self._all(recipients, trouble(error))
                 try:
                     result = await self._transaction(client, mail_from, recipients, data)
                 except aiosmtplib.SMTPServerDisconnected as error:
                     # A pooled connection the relay had closed: retry once on a
                     # fresh one, unless the content was sent whole already.
                     self._drop(client)
-                    if attempt == 0 and not isinstance(error, _LostAfterData):
+                    if attempt == 0 and not isinstance(error, LostAfterData):
                         continue
-                    return self._all(recipients, connection_trouble("disconnected"))
+                    return self._all(recipients, trouble(error))
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                     self._drop(client)
-                    return self._all(recipients, connection_trouble(type(error).__name__))
+                    return self._all(recipients, trouble(error))
                 except ValueError:
                     # An address no SMTP command can carry: it never will.
                     self._release(client)
@@ -327,7 +323,7 @@ class SmtpRelay:
                     raise
                 self._release(client)
                 return result
-        return self._all(recipients, connection_trouble("unavailable"))  # pragma: no cover
+        return self._all(recipients, connection_trouble("no connection"))  # pragma: no cover
 
     async def _transaction(
         self, client: aiosmtplib.SMTP, mail_from: str, recipients: list[str], data: Content
@@ -393,14 +389,17 @@ class SmtpRelay:
                 # Not SMTP, or replies out of step: this connection is not
                 # trusted again, and the message is tried again later.
                 client.close()
-                return self._all(recipients, connection_trouble("unexpected reply"))
+                reason = f"unexpected reply from the relay: {error.code} {error.message}"
+                return self._all(recipients, connection_trouble(reason, status=BAD_CONNECTION))
             await self._reset(client)
             return self._all(recipients, RelayReply(error.code, error.message))
-        if len(replies) == len(recipients):
+        refused, accepted = replies
+        if accepted is None:
             await self._reset(client)
-            return SendResult(replies)
-        accepted = RelayReply(250, "2.0.0 accepted")
-        return SendResult({r: replies.get(r, accepted) for r in recipients})
+            return SendResult(refused)
+        # The relay's own words (`250 2.0.0 Ok: queued as 0C1F322415F`): its
+        # queue id traces the message into the relay's log.
+        return SendResult({r: refused.get(r, accepted) for r in recipients})
 
     @staticmethod
     async def _one_by_one(
@@ -410,11 +409,12 @@ class SmtpRelay:
         recipients: list[str],
         wire: bytes | None,
         data: Content,
-    ) -> dict[str, RelayReply]:
+    ) -> tuple[dict[str, RelayReply], RelayReply | None]:
         """A relay without PIPELINING: each command waits for its reply. The
-        refused recipients' replies; all of them when none was accepted (then
-        no DATA was sent). Raises `SMTPResponseException` for a refused MAIL,
-        DATA or content."""
+        refused recipients' replies (all of them when none was accepted: then
+        no DATA was sent, and no acceptance) and the relay's acceptance of the
+        content. Raises `SMTPResponseException` for a refused MAIL, DATA or
+        content."""
         _expect(await client.execute_command(mail), {250})
         replies: dict[str, RelayReply] = {}
         for rcpt, command in zip(recipients, rcpts, strict=True):
@@ -424,7 +424,7 @@ class SmtpRelay:
             if (refusal := _recipient_refusal(answer)) is not None:
                 replies[rcpt] = refusal
         if len(replies) == len(recipients):
-            return replies
+            return replies, None
         _expect(await client.execute_command(b"DATA"), {354})
         protocol = client.protocol
         assert protocol is not None
@@ -432,9 +432,9 @@ class SmtpRelay:
         try:
             done = await protocol.read_response(timeout=client.timeout)
         except aiosmtplib.SMTPServerDisconnected as error:
-            raise _LostAfterData(str(error)) from error
+            raise LostAfterData(str(error)) from error
         _expect(done, {250})
-        return replies
+        return replies, RelayReply(done.code, done.message)
 
     @staticmethod
     async def _pipelined(
@@ -444,7 +444,7 @@ class SmtpRelay:
         recipients: list[str],
         wire: bytes | None,
         data: Content,
-    ) -> dict[str, RelayReply]:
+    ) -> tuple[dict[str, RelayReply], RelayReply | None]:
         """`_one_by_one` with PIPELINING (RFC 2920): MAIL, the RCPTs and DATA in
         one write, then their replies in order; the content after the 354."""
         assert client.protocol is not None
@@ -469,7 +469,7 @@ class SmtpRelay:
                 if (refusal := _recipient_refusal(answer)) is not None:
                     replies[rcpt] = refusal
             if refused:
-                return replies
+                return replies, None
             _expect(start, {354})
             in_step = False
             whole = await _send_body(
@@ -479,7 +479,7 @@ class SmtpRelay:
                 done = await reader.reply(client.timeout)
             except aiosmtplib.SMTPServerDisconnected as error:
                 if whole:
-                    raise _LostAfterData(str(error)) from error
+                    raise LostAfterData(str(error)) from error
                 raise
             in_step = whole
             # Answered in the middle, it can only be a refusal (it stands, and
@@ -487,7 +487,7 @@ class SmtpRelay:
             _expect(done, {250} if whole else REFUSAL)
             if not whole:
                 raise aiosmtplib.SMTPDataError(done.code, done.message)
-            return replies
+            return replies, RelayReply(done.code, done.message)
         finally:
             clean = reader.uninstall()
             if not (clean and in_step):

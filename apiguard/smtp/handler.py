@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import functools
 import ipaddress
 import logging
 import math
@@ -31,7 +32,7 @@ from apiguard import metrics
 from apiguard.controls import has_control
 from apiguard.mail import Envelope
 from apiguard.pipeline import Pipeline
-from apiguard.smtp import replies
+from apiguard.smtp import refusals, replies
 from apiguard.smtp.auth import SubmissionUser, UserDirectory
 from apiguard.smtp.data import READ_AHEAD, DataState, read_data
 from apiguard.smtp.enhanced import with_enhanced_code
@@ -265,6 +266,24 @@ class GuardedSMTP(SMTP):
         self._counted_unauthenticated = False  # in SessionLimits' unauthenticated count
         self._in_sessions = False
         self._pre_auth_timer: asyncio.TimerHandle | None = None
+        # The command being answered: the stage a refusal is counted under.
+        self._stage = refusals.COMMAND
+        self._smtp_methods = {
+            name: self._staged(name, method) for name, method in self._smtp_methods.items()
+        }
+
+    def _staged(self, name: str, method: Callable[[str], Any]) -> Callable[[str], Any]:
+        stage = refusals.STAGE_OF.get(name, refusals.COMMAND)
+
+        @functools.wraps(method)  # HELP reads the syntax attributes
+        async def staged(arg: str) -> None:
+            self._stage = stage
+            try:
+                await method(arg)
+            finally:
+                self._stage = refusals.COMMAND
+
+        return staged
 
     # -- timeouts -------------------------------------------------------------
 
@@ -285,6 +304,7 @@ class GuardedSMTP(SMTP):
         if self.loop.time() < self._deadline:
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
             return
+        refusals.record_without_reply(self._stage, "timeout")
         self._timeout_cb()  # type: ignore[no-untyped-call]
 
     # -- connection gate ------------------------------------------------------
@@ -332,7 +352,7 @@ class GuardedSMTP(SMTP):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        metrics.record_refusal("idle_before_auth")
+        refusals.record_without_reply("auth", "pre_auth_timeout")
         log.warning("smtp.client_dropped", reason="no_auth_in_time")
         cast(asyncio.WriteTransport, transport).write(f"{AUTH_TOO_SLOW}\r\n".encode("ascii"))
         transport.close()
@@ -345,7 +365,11 @@ class GuardedSMTP(SMTP):
     def _refuse(self, transport: asyncio.BaseTransport, outcome: str, reply: Reply) -> None:
         self._refused = True
         metrics.record_connection(outcome)
-        log.warning("smtp.client_refused", reason=outcome.removeprefix("refused_"))
+        cause = outcome.removeprefix("refused_")
+        metrics.record_refusal("connect", cause)
+        log.warning(
+            "smtp.refused", stage="connect", cause=cause, code=reply.code, status=reply.status
+        )
         # Any loop's transport (asyncio's or uvloop's, which is no subclass).
         cast(asyncio.WriteTransport, transport).write(f"{reply}\r\n".encode("ascii"))
         transport.close()
@@ -384,16 +408,19 @@ class GuardedSMTP(SMTP):
             status = with_enhanced_code(status)
         if isinstance(status, bytes):
             await super().push(status)
-            code = status[:3].decode("ascii", "replace")
+            status = status.decode("ascii", "replace")
         else:
             await super().push(status)
-            code = status[:3]
+        code = status[:3]
+        if code[:1] in ("4", "5"):
+            refusals.record(self._stage, status)
         if code not in _ERROR_CODES:
             return
         self._errors += 1
         if self._errors >= self._max_errors and self.transport is not None:
             log.warning("smtp.too_many_errors", errors=self._errors)
             await super().push(str(TOO_MANY_ERRORS))
+            refusals.record(self._stage, str(TOO_MANY_ERRORS))
             self.transport.close()
 
     @syntax("EHLO hostname")
@@ -449,7 +476,6 @@ class GuardedSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         if not self.room_for(declared_size(self.envelope.mail_options)):
-            metrics.record_refusal("inflight_budget")
             log.warning("smtp.memory_budget_spent", at="DATA")
             await self.push(str(OUT_OF_MEMORY_BUDGET))
             return
@@ -496,7 +522,6 @@ class GuardedSMTP(SMTP):
             if result.state is DataState.TOO_LONG:
                 await self.push(str(replies.line_too_long(self.line_length_limit - 1)))
             elif result.state is DataState.OVER_BUDGET:
-                metrics.record_refusal("inflight_budget")
                 log.warning("smtp.memory_budget_spent", at="reading")
                 await self.push(str(OUT_OF_MEMORY_BUDGET))
             elif result.state is DataState.HEADER_TOO_LONG:
@@ -553,7 +578,6 @@ class GuardedSMTP(SMTP):
         throttle = self._throttle
         if throttle is not None and (wait := throttle.wait(self._client)) > 0:
             # Refused without running scrypt: guessing costs the guesser, not us.
-            metrics.record_refusal("auth_throttled")
             log.warning("smtp.auth_throttled", mechanism=mechanism, wait=round(wait, 1))
             if throttle.failures(self._client) >= throttle.free + AUTH_FAILURES_CLOSE:
                 await super().push(str(TOO_MANY_ERRORS))
@@ -619,11 +643,9 @@ class ApiguardHandler:
             return str(replies.SHUTTING_DOWN)
         if has_control(address):
             log.warning("smtp.address_refused", reason="control_character", field="mail_from")
-            metrics.record_refusal("address_controls")
             return str(SENDER_HAS_CONTROLS)
         declared = declared_size(mail_options)
         if declared and isinstance(server, GuardedSMTP) and not server.room_for(declared):
-            metrics.record_refusal("inflight_budget")
             log.warning("smtp.memory_budget_spent", at="MAIL")
             return str(OUT_OF_MEMORY_BUDGET)
         user = session.auth_data
@@ -644,12 +666,10 @@ class ApiguardHandler:
     ) -> str:
         if has_control(address):
             log.warning("smtp.address_refused", reason="control_character", field="rcpt_to")
-            metrics.record_refusal("address_controls")
             return str(RECIPIENT_HAS_CONTROLS)
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
         if envelope.mail_from in ("", "<>") and envelope.rcpt_tos:
-            metrics.record_refusal("null_sender")
             return str(NULL_SENDER_ONE_RECIPIENT)
         refusal = self.pipeline.check_recipient(
             envelope.mail_from or "", address, list(envelope.rcpt_tos)

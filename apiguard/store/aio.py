@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from apiguard.store.base import DeliveryJob, NewMessage, RecipientOutcome, StoreError
-from apiguard.store.sqlite import SPOOL_SIZE, SqliteStore, WriteFailed, WriteOp
+from apiguard.store.sqlite import DEFAULT_LEASE, SPOOL_SIZE, SqliteStore, WriteFailed, WriteOp
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -198,10 +198,14 @@ class AsyncStore:
         """A message's content; a spool file is read off the store thread."""
         return await asyncio.to_thread(self.sync.read_content, message_id)
 
-    async def claim(self, now: float, limit: int) -> list[DeliveryJob]:
-        """Due recipients marked as sending (not durable: see `claim_due`)."""
+    async def claim(
+        self, now: float, limit: int, lease: float = DEFAULT_LEASE
+    ) -> list[DeliveryJob]:
+        """Due recipients marked as sending for `lease` seconds (not durable:
+        see `claim_due`)."""
         return await self.write(
-            functools.partial(self.sync.claim_in, now=now, limit=limit), durable=False
+            functools.partial(self.sync.claim_in, now=now, limit=limit, lease=lease),
+            durable=False,
         )
 
     async def close(self) -> None:

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS recipients_pending ON recipients(rcpt, state);
+-- Mail whose sender was told it is delayed (`delivery.delay_warning`): once.
+CREATE TABLE IF NOT EXISTS delay_warnings (
+    message_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL,
@@ -98,6 +103,13 @@ CREATE INDEX IF NOT EXISTS delivery_attempts_message ON delivery_attempts(messag
 """
 
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
+# Claimable once due: pending, or being sent under a lease that ran out (an
+# attempt whose outcome was never recorded).
+_CLAIMABLE = (*_PENDING, RecipientState.SENDING.value)
+
+# How long a claim holds a recipient (`delivery.lease`'s default): an attempt
+# that records no outcome by then is given back to the queue.
+DEFAULT_LEASE = 900.0
 # Where a content kept in a segment file is: for `Segments.read`.
 _SEGMENT_OF = "SELECT segment, offset, size FROM message_segments WHERE id = ?"
 
@@ -468,15 +480,20 @@ class SqliteStore:
                 results.append(result)
         return results
 
-    def claim_due(self, now: float, limit: int) -> list[DeliveryJob]:
-        """Mark due recipients as sending and return them grouped by message,
-        oldest accepted first. Not durable: after a crash, recovery makes the
-        recipients due again whether or not the claim reached the disk."""
+    def claim_due(self, now: float, limit: int, lease: float = DEFAULT_LEASE) -> list[DeliveryJob]:
+        """Mark due recipients as sending, for `lease` seconds, and return them
+        grouped by message, oldest accepted first. Not durable: after a crash,
+        recovery makes the recipients due again whether or not the claim
+        reached the disk; while the service runs, a claim whose attempt
+        recorded nothing is due again once its lease has run out."""
         with self._transaction(durable=False) as db:
-            return self.claim_in(db, now, limit)
+            return self.claim_in(db, now, limit, lease)
 
-    def claim_in(self, db: sqlite3.Connection, now: float, limit: int) -> list[DeliveryJob]:
-        """`claim_due` inside the caller's transaction."""
+    def claim_in(
+        self, db: sqlite3.Connection, now: float, limit: int, lease: float = DEFAULT_LEASE
+    ) -> list[DeliveryJob]:
+        """`claim_due` inside the caller's transaction. A sending recipient's
+        `next_attempt_at` is its lease's end."""
         rows = db.execute(
             "SELECT r.message_id, r.rcpt, r.attempts, r.next_attempt_at, r.last_reply,"
             # A big content is read when its attempt starts, not claimed ahead.
@@ -485,22 +502,33 @@ class SqliteStore:
             " FROM recipients r JOIN messages m ON m.id = r.message_id"
             " LEFT JOIN message_data d ON d.id = r.message_id"
             " LEFT JOIN message_segments g ON g.id = r.message_id"
-            " WHERE r.state IN (?, ?) AND r.next_attempt_at <= ?"
-            # Order of acceptance per sender and recipient: a message waits
-            # while an earlier one from the same sender to the same
-            # recipient is still pending (a lab's successive results).
+            " WHERE r.state IN (?, ?, ?) AND r.next_attempt_at <= ?"
+            # Order of acceptance per sender and recipient (a lab's successive
+            # results): a message waits while an earlier one from the same
+            # sender to the same recipient is queued, being sent, or due for
+            # its retry; not while that one waits out a deferral (a letter the
+            # relay defers for days holds back no other).
             " AND NOT EXISTS (SELECT 1 FROM recipients p"
             " JOIN messages e ON e.id = p.message_id"
-            " WHERE p.rcpt = r.rcpt AND p.state IN (?, ?, ?)"
-            " AND e.mail_from = m.mail_from AND e.seq < m.seq)"
+            " WHERE p.rcpt = r.rcpt AND e.mail_from = m.mail_from AND e.seq < m.seq"
+            " AND (p.state IN (?, ?) OR (p.state = ? AND p.next_attempt_at <= ?)))"
             " ORDER BY m.seq LIMIT ?",
-            (*_PENDING, now, *_PENDING, RecipientState.SENDING.value, limit),
+            (
+                *_CLAIMABLE,
+                now,
+                RecipientState.QUEUED.value,
+                RecipientState.SENDING.value,
+                RecipientState.DEFERRED.value,
+                now,
+                limit,
+            ),
         ).fetchall()
         if not rows:
             return []
         db.executemany(
-            "UPDATE recipients SET state = ?, updated_at = ? WHERE message_id = ? AND rcpt = ?",
-            [(RecipientState.SENDING.value, now, row[0], row[1]) for row in rows],
+            "UPDATE recipients SET state = ?, next_attempt_at = ?, updated_at = ?"
+            " WHERE message_id = ? AND rcpt = ?",
+            [(RecipientState.SENDING.value, now + lease, now, row[0], row[1]) for row in rows],
         )
         jobs: dict[str, DeliveryJob] = {}
         grouped: dict[str, list[RecipientRow]] = {}
@@ -571,6 +599,12 @@ class SqliteStore:
                 for o in outcomes
             ],
         )
+        # The attempt history (`apiguard queue show`), kept while the message is.
+        db.executemany(
+            "INSERT INTO delivery_attempts (message_id, rcpt, at, outcome, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(message_id, o.rcpt, now, o.state.value, o.reply[:500]) for o in outcomes],
+        )
         for notice in notices:
             self._insert(db, notice)
         for hook in self.completion_hooks:
@@ -590,10 +624,11 @@ class SqliteStore:
             self.drop_content(db, message_id)
 
     def recover_in_flight(self) -> int:
-        """Recipients caught mid-delivery by a crash become due again (at least once)."""
+        """Recipients caught mid-delivery by a crash become due again (at least
+        once), at once: due since their claim, not at their lease's end."""
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE recipients SET state = ? WHERE state = ?",
+                "UPDATE recipients SET state = ?, next_attempt_at = updated_at WHERE state = ?",
                 (RecipientState.QUEUED.value, RecipientState.SENDING.value),
             )
             return cursor.rowcount
@@ -603,15 +638,17 @@ class SqliteStore:
         with self._transaction() as db:
             return sum(
                 db.execute(
-                    "UPDATE recipients SET state = ? WHERE message_id = ? AND state = ?",
+                    "UPDATE recipients SET state = ?, next_attempt_at = updated_at"
+                    " WHERE message_id = ? AND state = ?",
                     (RecipientState.QUEUED.value, message_id, RecipientState.SENDING.value),
                 ).rowcount
                 for message_id in message_ids
             )
 
     def next_due(self) -> float | None:
+        """When a recipient is next due: a retry, or a lease running out."""
         rows = self._read(
-            "SELECT MIN(next_attempt_at) FROM recipients WHERE state IN (?, ?)", _PENDING
+            "SELECT MIN(next_attempt_at) FROM recipients WHERE state IN (?, ?, ?)", _CLAIMABLE
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
@@ -830,6 +867,47 @@ class SqliteStore:
             if to_state is not MessageState.QUEUED:
                 self.drop_content(db, message_id)
         return True
+
+    # -- delivery: delay warnings and the queue's health ----------------------
+
+    def delayed_mail(self, cutoff: float, limit: int) -> list[StoredMessage]:
+        """Queued mail accepted before `cutoff`, with an empty-path-free sender
+        not warned yet (never the null sender: no notice about a notice)."""
+        rows = self._read(
+            f"SELECT {self._COLUMNS} FROM messages WHERE state = ? AND kind = ?"
+            " AND mail_from != '' AND created_at <= ? AND NOT EXISTS"
+            " (SELECT 1 FROM delay_warnings w WHERE w.message_id = messages.id)"
+            " ORDER BY seq LIMIT ?",
+            (MessageState.QUEUED.value, MessageKind.MAIL.value, cutoff, limit),
+        )
+        return [self._message(row, with_audit=False) for row in rows]
+
+    def warn_delayed_in(
+        self, db: sqlite3.Connection, message_id: str, notice: NewMessage, now: float
+    ) -> bool:
+        """Queue `notice` (the delay report) unless this message's sender was
+        warned already; False then."""
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO delay_warnings (message_id, at) VALUES (?, ?)",
+            (message_id, now),
+        )
+        if cursor.rowcount != 1:
+            return False
+        self._insert(db, notice)
+        return True
+
+    def queue_health(self) -> tuple[float | None, dict[str, int]]:
+        """When the oldest queued message was accepted, and the deferred
+        recipients counted by their last reason."""
+        oldest = self._read(
+            "SELECT MIN(created_at) FROM messages WHERE state = ?", (MessageState.QUEUED.value,)
+        )[0][0]
+        rows = self._read(
+            "SELECT last_reply, COUNT(*) FROM recipients WHERE state = ? GROUP BY last_reply",
+            (RecipientState.DEFERRED.value,),
+        )
+        deferred = {str(row[0]): int(row[1]) for row in rows}
+        return (float(oldest) if oldest is not None else None), deferred
 
     def queue_counts(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) FROM recipients GROUP BY state")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.service_log import assert_json_lines
 from tests.support import Sink, eventually, free_port, letter, send, wait_listening
 
 SENDER = "dr.martin@medical13.apicrypt.org"
@@ -54,8 +55,10 @@ async def apiguard_process(config: Path, port: int) -> AsyncIterator[asyncio.sub
         "--config",
         str(config),
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
+    assert process.stderr is not None
+    lines = asyncio.create_task(_read_lines(process.stderr))
     try:
         await wait_listening(port, process)
         yield process
@@ -63,6 +66,12 @@ async def apiguard_process(config: Path, port: int) -> AsyncIterator[asyncio.sub
         if process.returncode is None:
             process.kill()
         await process.wait()
+        log = await lines
+    assert_json_lines(log)  # nothing but JSON reaches the log
+
+
+async def _read_lines(stream: asyncio.StreamReader) -> list[bytes]:
+    return [line async for line in stream]
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ import pytest
 
 from apiguard.store.base import RecipientState
 from bench.messages import MessageFactory
+from tests.integration.service_log import assert_json_lines
 from tests.integration.test_crash_recovery import write_config as crash_recovery_config
 from tests.support import (
     Received,
@@ -53,6 +54,10 @@ def write_config(tmp_path: Path, smtp_port: int, sink_port: int) -> Path:
     with config.open("a") as handle:
         # Hundreds of letters from one sender in seconds: a runaway sender by design.
         handle.write('[charter.rules."art2.rate"]\nper_10min = 100000\nper_day = 100000\n')
+        # A client sends again a letter whose 250 a kill cut off, though it was
+        # stored: the same letter to the same colleague, which art2.duplicate
+        # rightly holds (seen once in a full run); not what these tests are about.
+        handle.write('[charter.rules."art2.duplicate"]\nenabled = false\n')
     return config
 
 
@@ -105,6 +110,7 @@ async def apiguard_process(
             process.kill()
         await process.wait()
         await reader
+    assert_json_lines(log)  # nothing but JSON reaches the log
 
 
 def apiguard_ids(messages: list[Received]) -> list[str]:
@@ -232,7 +238,7 @@ async def answering_421(sock: socket.socket) -> AsyncIterator[list[int]]:
         await server.wait_closed()
 
 
-async def test_relay_refusing_then_busy_then_back_delivers_everything_in_order(
+async def test_relay_refusing_then_busy_then_back_delivers_everything_once(
     storage: Path,
 ) -> None:
     # The relay's port, bound but not listening: connections are refused, and no
@@ -258,11 +264,11 @@ async def test_relay_refusing_then_busy_then_back_delivers_everything_in_order(
         await asyncio.gather(*(sender(s, 1000 * i) for i, s in enumerate(senders)))
 
         def attempted() -> bool:
-            # Per sender and recipient, only the oldest message is tried while the
-            # relay is away (the others wait behind it, keeping the order).
+            # Once the oldest message of a sender is deferred, the later ones to
+            # the same recipient are tried too (they do not wait behind it).
             rows = app.store.sync.list_messages(None, limit=100)
-            tried = {m.mail_from for m in rows for r in m.recipients if r.attempts >= 1}
-            return tried == set(senders)
+            tried = [m.mail_from for m in rows for r in m.recipients if r.attempts >= 1]
+            return all(tried.count(s) >= 2 for s in senders)
 
         await eventually(attempted, timeout=10)
         # 2. The relay answers 421 to every connection.
@@ -273,13 +279,21 @@ async def test_relay_refusing_then_busy_then_back_delivers_everything_in_order(
         await sink.start()
         try:
             await eventually(lambda: len(sink.handler.messages) >= 18, timeout=20)
+
+            def reasons_now() -> set[str]:
+                rows = app.store.sync.list_messages(None, limit=100)
+                return {r.last_reply for m in rows for r in m.recipients}
+
+            await eventually(lambda: len(reasons_now()) == 1)
+            reasons = reasons_now()
         finally:
             await sink.stop()
     arrived = sink.handler.messages
     assert len(arrived) == 18
     for address in senders:
-        order = apiguard_ids([m for m in arrived if m.mail_from == address])
-        assert order == accepted[address], f"{address}: delivered out of order"
+        delivered = apiguard_ids([m for m in arrived if m.mail_from == address])
+        assert sorted(delivered) == sorted(accepted[address]), address
+    assert reasons == {"250 2.0.0 stored"}  # the relay's own words, not "accepted"
 
 
 # -- the disk refusing writes -----------------------------------------------------

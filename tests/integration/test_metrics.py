@@ -109,7 +109,7 @@ async def test_metrics_and_health_after_a_scripted_run(sink: Sink, storage: Path
             assert ready.status_code == 200
             assert ready.json() == {
                 "status": "ready",
-                "checks": {"store": True, "delivery": True, "smtp": True},
+                "checks": {"store": True, "delivery": True, "smtp": True, "relay": True},
             }
             assert (await http.get("/nothing-here")).status_code == 404
 

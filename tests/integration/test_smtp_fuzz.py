@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.integration.service_log import assert_json_lines
 from tests.support import free_port, letter
 
 MAX_SIZE = 100_000
@@ -319,3 +320,27 @@ def test_the_log_shows_no_crash(server: Server) -> None:
     text = server.log.read_text(errors="replace")
     for marker in ("Traceback", "session exception", "evaluation_failed", "Exception"):
         assert marker not in text, marker
+
+
+def test_the_log_is_json_lines_that_never_repeat_what_the_client_sent(server: Server) -> None:
+    """Runs last (file order): after every conversation above (refusals,
+    garbage, pipelining, oversized lines), plus one that pipelines a letter's
+    lines after a refused RCPT, and unknown commands aiosmtpd logs itself."""
+    steps = [
+        b"EHLO pipe.test\r\n",
+        b"XCLIENT NAME=spoofed\r\n",
+        b"MAIL FROM:<" + SENDER + b">\r\n",
+        b"RCPT TO:<someone@gmail.com>\r\n",  # refused: not a secure-mail domain
+        b"DATA\r\n",
+        letter(60_000),  # taken for commands: "TESTPATIENT" among them
+        b"QUIT\r\n",
+    ]
+    converse(server.port, steps, pipelined=True, half_close=False)
+    assert_still_answers(server.port)
+    raw = server.log.read_bytes()
+    records = assert_json_lines(raw.splitlines())
+    for secret in (b"TESTPATIENT", b"XCLIENT", b"spoofed", b"Camille", b"gmail.com"):
+        assert secret not in raw, secret
+    refused = {(r["stage"], r["cause"]) for r in records if r["event"] == "smtp.refused"}
+    assert {("rcpt", "charter"), ("command", "unknown_command")} <= refused
+    assert any(r["event"] == "smtp.server_log" for r in records)  # aiosmtpd's own, as JSON

@@ -176,7 +176,7 @@ async def test_temporary_failures_are_retried_then_expire_with_a_notice(tmp_path
     await store.close()
 
 
-def test_a_later_message_to_the_same_recipient_waits_for_the_earlier_one(
+def test_a_later_message_to_the_same_recipient_waits_for_the_earlier_one_until_it_is_deferred(
     tmp_path: Path,
 ) -> None:
     from apiguard.store.base import RecipientOutcome
@@ -185,18 +185,82 @@ def test_a_later_message_to_the_same_recipient_waits_for_the_earlier_one(
     store.accept(new_message("m1"))
     store.accept(new_message("m2"))
     first = store.claim_due(now=2000.0, limit=10)
-    assert [j.message_id for j in first] == ["m1"]
+    assert [j.message_id for j in first] == ["m1"]  # m2 waits while m1 is being sent
     store.complete(
         "m1",
         [
-            RecipientOutcome(A, RecipientState.DEFERRED, "451 later", 3000.0),
-            RecipientOutcome(B, RecipientState.DELIVERED, "250 ok"),
+            RecipientOutcome(A, RecipientState.DEFERRED, "451 4.7.1 later", 3000.0),
+            RecipientOutcome(B, RecipientState.DELIVERED, "250 2.0.0 ok"),
         ],
         now=2000.0,
     )
-    # m2 to B may go (m1 reached B); m2 to A waits behind m1's deferred copy.
+    # m1 waits out its deferral for A: it holds m2 back from neither recipient.
     second = store.claim_due(now=2000.0, limit=10)
-    assert [(j.message_id, [r.rcpt for r in j.recipients]) for j in second] == [("m2", [B])]
+    assert [(j.message_id, [r.rcpt for r in j.recipients]) for j in second] == [("m2", [A, B])]
+    store.close()
+
+
+def test_an_earlier_message_due_for_its_retry_goes_first_again(tmp_path: Path) -> None:
+    from apiguard.store.base import RecipientOutcome
+
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    store.accept(new_message("m2"))
+    store.claim_due(now=2000.0, limit=10)
+    deferred = [
+        RecipientOutcome(r, RecipientState.DEFERRED, "451 4.4.1 later", 2500.0) for r in (A, B)
+    ]
+    store.complete("m1", deferred, now=2000.0)
+    assert [j.message_id for j in store.claim_due(now=2000.0, limit=10)] == ["m2"]
+    store.complete(
+        "m2",
+        [RecipientOutcome(r, RecipientState.DEFERRED, "451 later", 2600.0) for r in (A, B)],
+        now=2000.0,
+    )
+    # Both due again: the earlier goes first, the later waits for it.
+    assert [j.message_id for j in store.claim_due(now=3000.0, limit=10)] == ["m1"]
+    assert store.claim_due(now=3000.0, limit=10) == []
+    store.close()
+
+
+def test_a_claim_is_a_lease_that_returns_to_the_queue_when_it_runs_out(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    assert len(store.claim_due(now=2000.0, limit=10, lease=60.0)) == 1
+    assert store.claim_due(now=2059.0, limit=10, lease=60.0) == []  # still leased
+    assert store.next_due() == 2060.0  # the lease's end wakes the worker
+    (again,) = store.claim_due(now=2060.0, limit=10, lease=60.0)
+    assert again.message_id == "m1" and [r.rcpt for r in again.recipients] == [A, B]
+    store.close()
+
+
+def test_each_outcome_is_kept_in_the_attempt_history(tmp_path: Path) -> None:
+    from apiguard.store.base import RecipientOutcome
+
+    store = SqliteStore(tmp_path)
+    store.accept(new_message("m1"))
+    store.claim_due(now=2000.0, limit=10)
+    store.complete(
+        "m1",
+        [
+            RecipientOutcome(A, RecipientState.DEFERRED, "connection refused", 2100.0),
+            RecipientOutcome(B, RecipientState.DELIVERED, "250 2.0.0 Ok: queued as 0C1F3"),
+        ],
+        now=2000.0,
+    )
+    rows = store._read(
+        "SELECT message_id, rcpt, at, outcome, reason FROM delivery_attempts ORDER BY seq"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("m1", A, 2000.0, "deferred", "connection refused"),
+        ("m1", B, 2000.0, "delivered", "250 2.0.0 Ok: queued as 0C1F3"),
+    ]
+    stored = store.get("m1")
+    assert stored is not None
+    assert [r.last_reply for r in stored.recipients] == [
+        "connection refused",
+        "250 2.0.0 Ok: queued as 0C1F3",
+    ]
     store.close()
 
 
