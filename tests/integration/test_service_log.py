@@ -73,6 +73,16 @@ async def untrusted_relay(tmp_path: Path, port: int) -> AsyncIterator[None]:
         await server.wait_closed()
 
 
+async def reply(reader: asyncio.StreamReader) -> None:
+    """Read one whole reply: up to its last line (`NNN text`, not `NNN-text`).
+    Hanging up with part of it unread would reset the connection, and the
+    server would drop what it had not read yet."""
+    while True:
+        line = await reader.readline()
+        if not line or line[3:4] != b"-":
+            return
+
+
 async def talk(port: int, lines: list[bytes], *, then: bytes = b"") -> None:
     """Say `lines` (reading what comes back), then send `then` raw and hang up."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -80,8 +90,7 @@ async def talk(port: int, lines: list[bytes], *, then: bytes = b"") -> None:
         await asyncio.wait_for(reader.readline(), 5)
         for line in lines:
             writer.write(line)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reader.read(4096), 0.5)
+            await asyncio.wait_for(reply(reader), 5)
         if then:
             writer.write(then)
             with contextlib.suppress(TimeoutError, ConnectionError):
