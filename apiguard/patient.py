@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
+from apiguard.flowed import join_hard_wraps
 from apiguard.identity import PatientIdentity
 
 if TYPE_CHECKING:
@@ -182,8 +183,18 @@ def _names_a_person(civility: str | None, name: str) -> bool:
 
 def find_text_identities(text: str, today: date) -> list[tuple[str, PatientIdentity]]:
     """Every (signal, identity) in the first `TEXT_SCAN_LIMIT` characters of
-    the letter's text. Never raises."""
+    the letter's text; when there is none, in the same text with its
+    hard-wrapped paragraphs joined ("Madame Jeanne⏎DUPONT, née le …"). Never raises."""
     text = text[:TEXT_SCAN_LIMIT]
+    found = _scan_identities(text, today)
+    if not found and "\n" in text:
+        joined = join_hard_wraps(text)
+        if joined != text:
+            found = _scan_identities(joined, today)
+    return found
+
+
+def _scan_identities(text: str, today: date) -> list[tuple[str, PatientIdentity]]:
     found: list[tuple[str, PatientIdentity]] = []
 
     def add(signal: str, name: str, birth: str | None) -> None:
