@@ -77,7 +77,9 @@ class AnnouncementParams(ScoredPhrasesParams):
 class Announcement(ScoredPhrasesRule):
     """`art2.announcement`: invitations, meetings, trainings, webinars, congresses,
     thesis or survey questionnaires, moves, openings and closings, retirements,
-    holiday replacements."""
+    holiday replacements: by their phrases, or by their structure
+    (`apiguard.shape`: the practice's change or event, a call to act, addressed
+    to colleagues in general, more than a patient's story)."""
 
     id = "art2.announcement"
     article = 2
@@ -89,24 +91,38 @@ class Announcement(ScoredPhrasesRule):
         if ctx.is_notification:
             return None
         score = self.score(ctx)
-        if score is None:
+        structure: tuple[str, ...] = ()
+        if score is None and self.settings.judge_structure:
+            structure = ctx.shape.announcement_signals()
+        if score is None and not structure:
             return None
         assert isinstance(self.params, AnnouncementParams)
         action = None
         if not ctx.patient_data.present:
             action = self.params.action_without_patient_data
-        signals = ", ".join(score.signal_names)
+        if score is not None:
+            signals = ", ".join(score.signal_names)
+            label_fr, label_en = "signaux", "signals"
+            details = score_details(score)
+        else:
+            # Judged by what it is: the names of its features, never its words.
+            signals = ", ".join(structure)
+            label_fr, label_en = "structure", "structure"
+            details = {"signals": ",".join(structure), "structure": "yes"}
         return self.finding(
-            f"annonce ou invitation, interdite par la charte (signaux : {signals})",
-            f"announcement or invitation, forbidden by the charter (signals: {signals})",
+            f"annonce ou invitation, interdite par la charte ({label_fr} : {signals})",
+            f"announcement or invitation, forbidden by the charter ({label_en}: {signals})",
             "Les invitations, formations, congrès, questionnaires de thèse, changements "
-            "d'adresse, ouvertures, fermetures, départs en retraite et remplacements ne "
-            "passent pas par la messagerie sécurisée : utilisez une messagerie ordinaire.",
+            "d'adresse, ouvertures, fermetures, arrivées, départs en retraite et "
+            "remplacements ne passent pas par la messagerie sécurisée : utilisez une "
+            "messagerie ordinaire. Si le message parle aussi d'un patient, envoyez-lui "
+            "un courrier à part, sans l'annonce.",
             "Invitations, trainings, congresses, thesis questionnaires, changes of "
-            "address, openings, closings, retirements and replacements do not go through "
-            "secure messaging: use ordinary e-mail.",
+            "address, openings, closings, arrivals, retirements and replacements do not go "
+            "through secure messaging: use ordinary e-mail. If the message is also about "
+            "a patient, send a separate letter about the patient, without the announcement.",
             action=action,
-            details=score_details(score),
+            details=details,
         )
 
 

@@ -1,0 +1,201 @@
+"""What a message is, read from its structure: an announcement, or a letter
+with private paragraphs.
+
+A careful medical secretary does not look for a word: she sees that a message
+is the practice telling every correspondent about itself and asking them to do
+something, or that a paragraph of a letter is about the writers' weekend. This
+module reads the paragraphs the sender wrote (quoted text and the signature
+left out) and marks, in each, the presence of a few named features, each a
+short list of phrases in `apiguard/data/phrases.toml`:
+
+- `sender-practice`: the sender's practice or service speaks ("nous
+  consulterons", "notre équipe", "pour l'équipe");
+- `change`: something opens, moves, closes or arrives from a date ("à compter
+  du", "désormais", "nouvelle unité", "rejoint l'équipe");
+- `event`: a session with a place, a time, a programme ("sera consacré à",
+  "atelier", a time range such as "de 12h30 à 14h");
+- `call-to-action`: colleagues are asked to act (update their records,
+  register, attend, refer their patients, relay, answer);
+- `to-all`: correspondents in general ("chers confrères", "bonjour à toutes
+  et à tous", "vos patients");
+- `patient-story`: the story of one patient ("votre patiente", "je l'ai
+  revue", "examen clinique", "antécédents");
+- `leisure`, `family`, `social-plans`, `affection`: the writers' own life
+  (a tennis booking, "ta femme", "venez dîner", "bises").
+
+An announcement is a change or an event, a call to act, and the voice of the
+practice or an address to everyone, in paragraphs that outnumber those telling
+a patient's story. A private paragraph has two features of personal life (or
+three phrases of them), in the writers' own voice (first and second person
+more than third), and no patient's story. Findings name the features,
+never the phrases found: those would quote the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from apiguard.phrases import PhraseBook, packaged_book, tokens
+
+SENDER_PRACTICE = "sender-practice"
+CHANGE = "change"
+EVENT = "event"
+CALL_TO_ACTION = "call-to-action"
+TO_ALL = "to-all"
+PATIENT_STORY = "patient-story"
+PERSONAL_SIGNALS = ("leisure", "family", "social-plans", "affection")
+ANNOUNCEMENT_SIGNALS = (SENDER_PRACTICE, CHANGE, EVENT, CALL_TO_ACTION, TO_ALL)
+
+# A time range, "de 12h30 à 14h00", "9h-12h", "de 20 h à 22 h": an event's
+# schedule. Every repetition is bounded: linear on any input.
+_TIME_RANGE = re.compile(
+    r"(?<!\d)\d{1,2}[ \t]{0,2}h[ \t]{0,2}\d{0,2}[ \t]{0,3}(?:-|–|à|a)[ \t]{0,3}"
+    r"\d{1,2}[ \t]{0,2}h(?![a-zA-Z])",
+    re.IGNORECASE,
+)
+# The sender's own text ends at the signature separator (RFC 3676 "-- ").
+_SIGNATURE = "\n-- \n"
+# Paragraphs read, at most: a letter's structure shows in its first pages.
+MAX_PARAGRAPHS = 200
+_PARAGRAPH_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Paragraph:
+    """One paragraph of the sender's text: its position and the features in it."""
+
+    position: int
+    features: frozenset[str]
+    personal_score: float
+    # The writers speak of themselves ("je", "tu", "on", "vous") at least as
+    # much as of a third person ("il", "elle", "ses"): the patient's golf is care.
+    writers_voice: bool = False
+
+    @property
+    def is_private(self) -> bool:
+        """Two kinds of personal life (or three phrases of it), in the writers'
+        own voice, and no patient's story."""
+        if PATIENT_STORY in self.features or not self.writers_voice:
+            return False
+        kinds = sum(1 for signal in PERSONAL_SIGNALS if signal in self.features)
+        return kinds >= 2 or self.personal_score >= 3
+
+    @property
+    def announces(self) -> bool:
+        return PATIENT_STORY not in self.features and bool(
+            self.features & {CHANGE, EVENT, CALL_TO_ACTION}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageShape:
+    """The paragraphs of a message and what they add up to."""
+
+    paragraphs: tuple[Paragraph, ...]
+
+    @property
+    def features(self) -> frozenset[str]:
+        found: set[str] = set()
+        for paragraph in self.paragraphs:
+            found |= paragraph.features
+        return frozenset(found)
+
+    def announcement_signals(self) -> tuple[str, ...]:
+        """The announcement's features when the message is one, else ()."""
+        features = self.features
+        voice = {SENDER_PRACTICE, TO_ALL} & features
+        if CALL_TO_ACTION not in features or not voice:
+            return ()
+        # A change is the practice's own (its voice), not a patient's move.
+        if EVENT not in features and not (CHANGE in features and SENDER_PRACTICE in features):
+            return ()
+        announcing = sum(p.announces for p in self.paragraphs)
+        story = sum(PATIENT_STORY in p.features for p in self.paragraphs)
+        if announcing <= story:
+            return ()
+        return tuple(s for s in ANNOUNCEMENT_SIGNALS if s in features)
+
+    def private_paragraphs(self, *, names_patient: bool = True) -> tuple[Paragraph, ...]:
+        """The private paragraphs. In a message that names no patient, personal
+        life spread over several paragraphs counts together: a chat between
+        friends is private as a whole."""
+        private = tuple(p for p in self.paragraphs if p.is_private)
+        if private or names_patient:
+            return private
+        personal = tuple(
+            p
+            for p in self.paragraphs
+            if p.writers_voice
+            and PATIENT_STORY not in p.features
+            and p.features.intersection(PERSONAL_SIGNALS)
+        )
+        kinds = {f for p in personal for f in p.features if f in PERSONAL_SIGNALS}
+        return personal if len(kinds) >= 2 else ()
+
+    @property
+    def count(self) -> int:
+        return len(self.paragraphs)
+
+
+_FIRST_SECOND_PERSON = frozenset(
+    "je j tu te t toi moi me m on nous vous mon ma mes ton ta tes notre nos votre vos".split()
+)
+_THIRD_PERSON = frozenset("il elle ils elles lui leur leurs son sa ses".split())
+
+
+def _writers_voice(paragraph: str) -> bool:
+    words = tokens(paragraph)
+    mine = sum(1 for word in words if word in _FIRST_SECOND_PERSON)
+    theirs = sum(1 for word in words if word in _THIRD_PERSON)
+    return mine >= theirs
+
+
+@functools.cache
+def _books() -> tuple[PhraseBook, PhraseBook]:
+    return packaged_book("shape"), packaged_book("personal")
+
+
+def sender_paragraphs(text: str) -> list[str]:
+    """The paragraphs the sender wrote: blank-line separated, quoted lines
+    (">") and everything after the signature separator left out."""
+    text = text.split(_SIGNATURE, 1)[0]
+    paragraphs: list[str] = []
+    current: list[str] = []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(">"):
+            if current:
+                paragraphs.append(" ".join(current))
+                current = []
+            if len(paragraphs) >= MAX_PARAGRAPHS:
+                break
+            continue
+        current.append(stripped)
+    if current and len(paragraphs) < MAX_PARAGRAPHS:
+        paragraphs.append(" ".join(current))
+    return paragraphs
+
+
+def read_shape(subject: str, text: str) -> MessageShape:
+    """The features of each paragraph of the message (the subject counts as
+    part of the first paragraph's context only for the announcement)."""
+    shape_book, personal_book = _books()
+    paragraphs: list[Paragraph] = []
+    for position, paragraph in enumerate(sender_paragraphs(text), start=1):
+        paragraph = paragraph[:_PARAGRAPH_CHARS]
+        features = {s for s, w in shape_book.score(paragraph).signals if w >= 1}
+        if EVENT not in features and _TIME_RANGE.search(paragraph):
+            features.add(EVENT)
+        personal = personal_book.score(paragraph)
+        features |= {s for s, w in personal.signals if w >= 1}
+        voice = bool(personal.signals) and _writers_voice(paragraph)
+        paragraphs.append(Paragraph(position, frozenset(features), personal.total, voice))
+    if subject and paragraphs:
+        extra = {s for s, w in shape_book.score(subject).signals if w >= 1}
+        extra &= {CHANGE, EVENT}
+        if extra:
+            first = paragraphs[0]
+            paragraphs[0] = Paragraph(first.position, first.features | extra, first.personal_score)
+    return MessageShape(tuple(paragraphs))
