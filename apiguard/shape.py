@@ -140,9 +140,12 @@ class MessageShape:
 
 
 _FIRST_SECOND_PERSON = frozenset(
-    "je j tu te t toi moi me m on nous vous mon ma mes ton ta tes notre nos votre vos".split()
+    {"je", "j", "tu", "te", "t", "toi", "moi", "me", "m", "on", "nous", "vous"}
+    | {"mon", "ma", "mes", "ton", "ta", "tes", "notre", "nos", "votre", "vos"}
 )
-_THIRD_PERSON = frozenset("il elle ils elles lui leur leurs son sa ses".split())
+_THIRD_PERSON = frozenset(
+    {"il", "elle", "ils", "elles", "lui", "leur", "leurs", "son", "sa", "ses"}
+)
 
 
 def _writers_voice(paragraph: str) -> bool:
