@@ -11,9 +11,10 @@ short list of phrases in `apiguard/data/phrases.toml`:
 - `sender-practice`: the sender's practice or service speaks ("nous
   consulterons", "notre équipe", "pour l'équipe");
 - `change`: something opens, moves, closes or arrives from a date ("à compter
-  du", "désormais", "nouvelle unité", "rejoint l'équipe");
-- `event`: a session with a place, a time, a programme ("sera consacré à",
-  "atelier", a time range such as "de 12h30 à 14h");
+  du", "désormais", "nouvelle unité", "rejoint l'équipe"; "à partir du" when
+  the practice speaks in the same paragraph);
+- `event`: a session with a place, a time, a programme, or a survey ("sera
+  consacré à", "atelier", "une enquête", a time range such as "de 12h30 à 14h");
 - `call-to-action`: colleagues are asked to act (update their records,
   register, attend, refer their patients, relay, answer);
 - `to-all`: correspondents in general ("chers confrères", "bonjour à toutes
@@ -45,6 +46,7 @@ EVENT = "event"
 CALL_TO_ACTION = "call-to-action"
 TO_ALL = "to-all"
 PATIENT_STORY = "patient-story"
+FROM_DATE = "from-date"
 PERSONAL_SIGNALS = ("leisure", "family", "social-plans", "affection")
 ANNOUNCEMENT_SIGNALS = (SENDER_PRACTICE, CHANGE, EVENT, CALL_TO_ACTION, TO_ALL)
 
@@ -108,12 +110,14 @@ class MessageShape:
         voice = {SENDER_PRACTICE, TO_ALL} & features
         if CALL_TO_ACTION not in features or not voice:
             return ()
-        # A change is the practice's own (its voice), not a patient's move.
-        if EVENT not in features and not (CHANGE in features and SENDER_PRACTICE in features):
-            return ()
         announcing = sum(p.announces for p in self.paragraphs)
         story = sum(PATIENT_STORY in p.features for p in self.paragraphs)
         if announcing <= story:
+            return ()
+        # A change is the practice's own (its voice, or a message to everyone
+        # that tells no patient's story), not a patient's move.
+        practice_change = CHANGE in features and (SENDER_PRACTICE in features or not story)
+        if EVENT not in features and not practice_change:
             return ()
         return tuple(s for s in ANNOUNCEMENT_SIGNALS if s in features)
 
@@ -191,6 +195,12 @@ def read_shape(subject: str, text: str) -> MessageShape:
         features = {s for s, w in shape_book.score(paragraph).signals if w >= 1}
         if EVENT not in features and _TIME_RANGE.search(paragraph):
             features.add(EVENT)
+        if FROM_DATE in features:
+            # "À partir du 1er mars, nous recevrons …": a date is a change
+            # when the practice speaks of itself in the same paragraph.
+            features.discard(FROM_DATE)
+            if SENDER_PRACTICE in features:
+                features.add(CHANGE)
         personal = personal_book.score(paragraph)
         features |= {s for s, w in personal.signals if w >= 1}
         voice = bool(personal.signals) and _writers_voice(paragraph)

@@ -122,9 +122,7 @@ def test_a_patient_letter_with_the_same_words_is_forwarded(body: str) -> None:
 def test_personal_chat_between_colleagues_is_private_content() -> None:
     finding = hit(check(PRIVATE_CHAT, subject="samedi ?"), "art1.private-content")
     assert finding is not None
-    assert {"leisure", "affection"} <= set(
-        dict(finding.details)["signals"].split(",")
-    )
+    assert {"leisure", "affection"} <= set(dict(finding.details)["signals"].split(","))
 
 
 def test_a_private_paragraph_in_a_patient_letter_is_held_by_its_position() -> None:
