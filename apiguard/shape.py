@@ -53,7 +53,7 @@ ANNOUNCEMENT_SIGNALS = (SENDER_PRACTICE, CHANGE, EVENT, CALL_TO_ACTION, TO_ALL)
 # A time range, "de 12h30 à 14h00", "9h-12h", "de 20 h à 22 h": an event's
 # schedule. Every repetition is bounded: linear on any input.
 _TIME_RANGE = re.compile(
-    r"(?<!\d)\d{1,2}[ \t]{0,2}h[ \t]{0,2}\d{0,2}[ \t]{0,3}(?:-|–|à|a)[ \t]{0,3}"
+    r"(?<!\d)\d{1,2}[ \t]{0,2}h[ \t]{0,2}\d{0,2}[ \t]{0,3}(?:-|–|à|a|et)[ \t]{0,3}"
     r"\d{1,2}[ \t]{0,2}h(?![a-zA-Z])",
     re.IGNORECASE,
 )
