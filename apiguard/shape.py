@@ -152,16 +152,15 @@ _THIRD_PERSON = frozenset(
 )
 
 
-def _writers_voice(paragraph: str) -> bool:
-    words = tokens(paragraph)
+def _writers_voice(words: tuple[str, ...]) -> bool:
     mine = sum(1 for word in words if word in _FIRST_SECOND_PERSON)
     theirs = sum(1 for word in words if word in _THIRD_PERSON)
     return mine >= theirs
 
 
 @functools.cache
-def _books() -> tuple[PhraseBook, PhraseBook]:
-    return packaged_book("shape"), packaged_book("personal")
+def _book() -> PhraseBook:
+    return packaged_book("shape", "personal")
 
 
 def sender_paragraphs(text: str) -> list[str]:
@@ -186,29 +185,45 @@ def sender_paragraphs(text: str) -> list[str]:
 
 
 def read_shape(subject: str, text: str) -> MessageShape:
-    """The features of each paragraph of the message (the subject counts as
-    part of the first paragraph's context only for the announcement)."""
-    shape_book, personal_book = _books()
+    """The features of each paragraph of the message. The subject adds a
+    change or an event to the first paragraph.
+
+    Most letters carry neither a call to act in the practice's voice nor any
+    personal life: one pass over the whole text (whose words the phrase rules
+    have already split) says so, and their paragraphs are not read."""
+    book = _book()
+    whole = dict(book.score(f"{subject}\n{text}").signals)
+    personal = sum(whole.get(signal, 0.0) for signal in PERSONAL_SIGNALS)
+    may_announce = whole.get(CALL_TO_ACTION, 0) >= 1 and (
+        whole.get(SENDER_PRACTICE, 0) >= 1 or whole.get(TO_ALL, 0) >= 1
+    )
+    if not may_announce and personal < 2:
+        return MessageShape(())
     paragraphs: list[Paragraph] = []
     for position, paragraph in enumerate(sender_paragraphs(text), start=1):
-        paragraph = paragraph[:_PARAGRAPH_CHARS]
-        features = {s for s, w in shape_book.score(paragraph).signals if w >= 1}
-        if EVENT not in features and _TIME_RANGE.search(paragraph):
-            features.add(EVENT)
-        if FROM_DATE in features:
-            # "À partir du 1er mars, nous recevrons …": a date is a change
-            # when the practice speaks of itself in the same paragraph.
-            features.discard(FROM_DATE)
-            if SENDER_PRACTICE in features:
-                features.add(CHANGE)
-        personal = personal_book.score(paragraph)
-        features |= {s for s, w in personal.signals if w >= 1}
-        voice = bool(personal.signals) and _writers_voice(paragraph)
-        paragraphs.append(Paragraph(position, frozenset(features), personal.total, voice))
+        paragraphs.append(_read_paragraph(book, position, paragraph[:_PARAGRAPH_CHARS]))
     if subject and paragraphs:
-        extra = {s for s, w in shape_book.score(subject).signals if w >= 1}
-        extra &= {CHANGE, EVENT}
+        extra = {s for s, w in book.score(subject).signals if w >= 1} & {CHANGE, EVENT}
         if extra:
             first = paragraphs[0]
-            paragraphs[0] = Paragraph(first.position, first.features | extra, first.personal_score)
+            paragraphs[0] = Paragraph(
+                first.position, first.features | extra, first.personal_score, first.writers_voice
+            )
     return MessageShape(tuple(paragraphs))
+
+
+def _read_paragraph(book: PhraseBook, position: int, paragraph: str) -> Paragraph:
+    words = tokens(paragraph)
+    score = book.score_words(words)
+    features = {signal for signal, weight in score.signals if weight >= 1}
+    if EVENT not in features and _TIME_RANGE.search(paragraph):
+        features.add(EVENT)
+    if FROM_DATE in features:
+        # "À partir du 1er mars, nous recevrons …": a date is a change when
+        # the practice speaks of itself in the same paragraph.
+        features.discard(FROM_DATE)
+        if SENDER_PRACTICE in features:
+            features.add(CHANGE)
+    personal = sum(weight for signal, weight in score.signals if signal in PERSONAL_SIGNALS)
+    voice = personal > 0 and _writers_voice(words)
+    return Paragraph(position, frozenset(features), personal, voice)
