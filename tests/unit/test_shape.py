@@ -166,3 +166,17 @@ def test_the_structure_phrase_lists_load_and_every_phrase_counts() -> None:
         for signal, phrases in book.signals.items():
             for phrase in phrases:
                 assert signal in book.score(" ".join(phrase)).signal_names, (name, phrase)
+
+
+def test_an_absence_told_in_a_patient_letter_is_continuity_of_care() -> None:
+    body = (
+        f"Chère consœur,\n\nJe vous adresse {IDENTITY} pour l'ajustement de son traitement "
+        "diurétique : œdèmes des membres inférieurs.\n\n"
+        "Je serai absente du cabinet du 10 au 24 novembre ; mon remplaçant assurera le suivi "
+        "et vous pouvez lui adresser votre réponse.\n\nBien confraternellement,\nDr Lemoine\n"
+    )
+    assert check(body).verdict is Verdict.FORWARD
+    settings = {"art2.announcement": {"continuity_signals": []}}
+    assert hit(check(body, settings=settings), "art2.announcement") is not None
+    # Without a patient, the same absence is an announcement.
+    assert hit(check(body.replace(IDENTITY, "Mme X")), "art2.announcement") is not None

@@ -72,6 +72,10 @@ class TooManyRecipients(Rule):
 class AnnouncementParams(ScoredPhrasesParams):
     # Charter: an announcement that names no patient is refused outright.
     action_without_patient_data: Action | None = Action.REJECT
+    # Phrase signals that, in a letter naming a patient, tell the continuity of
+    # that patient's care ("je serai absente, mon remplaçant recevra le
+    # résultat") rather than announce: alone, they leave it to the structure.
+    continuity_signals: tuple[str, ...] = ("replacement",)
 
 
 class Announcement(ScoredPhrasesRule):
@@ -90,13 +94,19 @@ class Announcement(ScoredPhrasesRule):
     def check(self, ctx: MessageContext) -> Finding | None:
         if ctx.is_notification:
             return None
+        assert isinstance(self.params, AnnouncementParams)
         score = self.score(ctx)
+        if (
+            score is not None
+            and ctx.patient_data.present
+            and set(score.signal_names) <= set(self.params.continuity_signals)
+        ):
+            score = None
         structure: tuple[str, ...] = ()
         if score is None and self.settings.judge_structure:
             structure = ctx.shape.announcement_signals()
         if score is None and not structure:
             return None
-        assert isinstance(self.params, AnnouncementParams)
         action = None
         if not ctx.patient_data.present:
             action = self.params.action_without_patient_data
