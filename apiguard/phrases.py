@@ -126,10 +126,6 @@ class PhraseBook:
             }
             self._index[first] = (by_next, alone)
 
-    def signals_as_text(self, signal: str) -> dict[str, float]:
-        """One signal's phrases (as folded text) and weights."""
-        return {" ".join(phrase): weight for phrase, weight in self.signals.get(signal, {}).items()}
-
     def merged(self, extra: Mapping[str, Mapping[str, float]], *, replace: bool) -> PhraseBook:
         """This book with `extra` phrases added (a weight of 0 removes one), or
         only `extra` when `replace` is set."""

@@ -163,12 +163,51 @@ def _book() -> PhraseBook:
     return packaged_book("shape", "personal")
 
 
+class _Gate:
+    """Which gated features a whole text may carry, from its set of words.
+
+    Each phrase is filed under its longest word (a rare one: "tennis", not
+    "le"); a phrase counts when that word is in the text, all its words are,
+    and they follow each other somewhere. Distinct phrases add up, overlaps
+    included: an upper bound of what paragraphs can hold, which is all a gate
+    needs, at the cost of one set of the letter's words."""
+
+    def __init__(self, book: PhraseBook, signals: tuple[str, ...]) -> None:
+        self._by_anchor: dict[str, list[tuple[tuple[str, ...], str, float]]] = {}
+        for signal in signals:
+            for phrase, weight in book.signals.get(signal, {}).items():
+                anchor = max(phrase, key=len)
+                self._by_anchor.setdefault(anchor, []).append((phrase, signal, weight))
+        self._anchors = frozenset(self._by_anchor)
+
+    def weights(self, words: tuple[str, ...]) -> dict[str, float]:
+        present = set(words)
+        found: dict[str, float] = {}
+        for anchor in self._anchors.intersection(present):
+            for phrase, signal, weight in self._by_anchor[anchor]:
+                if present.issuperset(phrase) and _occurs(words, phrase, anchor):
+                    found[signal] = found.get(signal, 0.0) + weight
+        return found
+
+
+def _occurs(words: tuple[str, ...], phrase: tuple[str, ...], anchor: str) -> bool:
+    """The phrase's words follow each other somewhere in `words`."""
+    offset = phrase.index(anchor)
+    position = offset
+    while True:
+        try:
+            position = words.index(anchor, position)  # a C-level search
+        except ValueError:
+            return False
+        if words[position - offset : position - offset + len(phrase)] == phrase:
+            return True
+        position += 1
+
+
 @functools.cache
-def _gate() -> PhraseBook:
-    """Only the features a whole-text pass needs to rule paragraphs out: the
-    fewer phrases, the fewer words of a letter the pass stops at."""
-    gated = (CALL_TO_ACTION, SENDER_PRACTICE, TO_ALL, *PERSONAL_SIGNALS)
-    return PhraseBook({signal: _book().signals_as_text(signal) for signal in gated})
+def _gate() -> _Gate:
+    """Only the features a whole-text pass needs to rule paragraphs out."""
+    return _Gate(_book(), (CALL_TO_ACTION, SENDER_PRACTICE, TO_ALL, *PERSONAL_SIGNALS))
 
 
 def sender_paragraphs(text: str) -> list[str]:
@@ -192,7 +231,7 @@ def sender_paragraphs(text: str) -> list[str]:
     return paragraphs
 
 
-def read_shape(subject: str, text: str) -> MessageShape:
+def read_shape(subject: str, text: str, *, gate: bool = True) -> MessageShape:
     """The features of each paragraph of the message. The subject adds a
     change or an event to the first paragraph.
 
@@ -200,12 +239,12 @@ def read_shape(subject: str, text: str) -> MessageShape:
     personal life: one pass over the whole text (whose words the phrase rules
     have already split) says so, and their paragraphs are not read."""
     book = _book()
-    whole = dict(_gate().score(f"{subject}\n{text}").signals)
+    whole = _gate().weights(tokens(f"{subject}\n{text}"))
     personal = sum(whole.get(signal, 0.0) for signal in PERSONAL_SIGNALS)
     may_announce = whole.get(CALL_TO_ACTION, 0) >= 1 and (
         whole.get(SENDER_PRACTICE, 0) >= 1 or whole.get(TO_ALL, 0) >= 1
     )
-    if not may_announce and personal < 2:
+    if gate and not may_announce and personal < 2:
         return MessageShape(())
     paragraphs: list[Paragraph] = []
     for position, paragraph in enumerate(sender_paragraphs(text), start=1):

@@ -4,6 +4,8 @@ structure, private paragraphs by their position, through the charter."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apiguard.phrases import packaged_book
 from apiguard.policy.verdict import Action, Verdict
@@ -180,3 +182,37 @@ def test_an_absence_told_in_a_patient_letter_is_continuity_of_care() -> None:
     assert hit(check(body, settings=settings), "art2.announcement") is not None
     # Without a patient, the same absence is an announcement.
     assert hit(check(body.replace(IDENTITY, "Mme X")), "art2.announcement") is not None
+
+
+# --- the whole-text gate never rules out what the paragraphs hold ---------------
+
+_PHRASES = sorted(
+    " ".join(phrase)
+    for name in ("shape", "personal")
+    for phrases in packaged_book(name).signals.values()
+    for phrase in phrases
+)
+_FILLER = ["le", "patient", "examen", "normal", "nous", "vous", "de", "la", "traitement", "et"]
+
+
+@st.composite
+def letters(draw: st.DrawFn) -> str:
+    paragraphs = draw(
+        st.lists(
+            st.lists(st.sampled_from(_PHRASES) | st.sampled_from(_FILLER), max_size=12),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    return "\n\n".join(" ".join(words) for words in paragraphs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(letters())
+def test_the_gate_finds_whatever_the_paragraphs_would(text: str) -> None:
+    gated, read = read_shape("", text), read_shape("", text, gate=False)
+    assert gated.announcement_signals() == read.announcement_signals()
+    for names_patient in (True, False):
+        assert [p.position for p in gated.private_paragraphs(names_patient=names_patient)] == [
+            p.position for p in read.private_paragraphs(names_patient=names_patient)
+        ]
