@@ -57,6 +57,15 @@ _TIME_RANGE = re.compile(
     r"\d{1,2}[ \t]{0,2}h(?![a-zA-Z])",
     re.IGNORECASE,
 )
+# A dated session, "le mardi 9 décembre", "jeudi 20 mars": with a call to act
+# and the practice's voice, an event. Bounded repetitions: linear.
+_DATED_DAY = re.compile(
+    r"(?i)\b(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche)[ \t]{1,3}\d{1,2}(?:er)?"
+    r"[ \t]{1,3}(?:janvier|f[ée]vrier|mars|avril|mai|juin|juillet|ao[uû]t|septembre|octobre"
+    r"|novembre|d[ée]cembre)\b"
+)
+# A link to follow (a form, a registration page): a call to act.
+_LINK_WORDS = frozenset({"http", "https", "www"})
 # The sender's own text ends at the signature separator (RFC 3676 "-- ").
 _SIGNATURE = "\n-- \n"
 # Paragraphs read, at most: a letter's structure shows in its first pages.
@@ -183,6 +192,8 @@ class _Gate:
     def weights(self, words: tuple[str, ...]) -> dict[str, float]:
         present = set(words)
         found: dict[str, float] = {}
+        if not _LINK_WORDS.isdisjoint(present):
+            found[CALL_TO_ACTION] = 1.0
         for anchor in self._anchors.intersection(present):
             for phrase, signal, weight in self._by_anchor[anchor]:
                 if present.issuperset(phrase) and _occurs(words, phrase, anchor):
@@ -263,8 +274,12 @@ def _read_paragraph(book: PhraseBook, position: int, paragraph: str) -> Paragrap
     words = tokens(paragraph)
     score = book.score_words(words)
     features = {signal for signal, weight in score.signals if weight >= 1}
-    if EVENT not in features and _TIME_RANGE.search(paragraph):
+    if EVENT not in features and (
+        _TIME_RANGE.search(paragraph) or _DATED_DAY.search(paragraph)
+    ):
         features.add(EVENT)
+    if not _LINK_WORDS.isdisjoint(words):
+        features.add(CALL_TO_ACTION)
     if FROM_DATE in features:
         # "À partir du 1er mars, nous recevrons …": a date is a change when
         # the practice speaks of itself in the same paragraph.

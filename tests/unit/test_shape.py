@@ -216,3 +216,20 @@ def test_the_gate_finds_whatever_the_paragraphs_would(text: str) -> None:
         assert [p.position for p in gated.private_paragraphs(names_patient=names_patient)] == [
             p.position for p in read.private_paragraphs(names_patient=names_patient)
         ]
+
+
+def test_a_dated_session_and_a_link_are_an_event_and_a_call() -> None:
+    shape = read_shape(
+        "",
+        "Chers confrères,\n\nNotre équipe présente ses travaux le jeudi 20 mars.\n\n"
+        "Programme : https://exemple.fr/programme\n",
+    )
+    assert {"to-all", "sender-practice", "event", "call-to-action"} <= shape.features
+    assert shape.announcement_signals()
+    # The same date for one patient's appointment is that patient's story.
+    letter = read_shape(
+        "",
+        "Madame, Monsieur,\n\nNous vous informons que Mme X, née le 01/02/1950, est "
+        "convoquée le jeudi 20 mars à 9h.\n\nMerci de lui rappeler d'être à jeun.\n",
+    )
+    assert letter.announcement_signals() == ()
