@@ -221,14 +221,18 @@ def _gate() -> _Gate:
     return _Gate(_book(), (CALL_TO_ACTION, SENDER_PRACTICE, TO_ALL, *PERSONAL_SIGNALS))
 
 
-def sender_paragraphs(text: str) -> list[str]:
-    """The paragraphs the sender wrote: blank-line separated, quoted lines
-    (">") and everything after the signature separator left out."""
+def sender_paragraphs(text: str, *, lines: bool = False) -> list[str]:
+    """The paragraphs the sender wrote: blank-line separated (each line, with
+    `lines`: the blocks of an HTML body), quoted lines (">") and everything
+    after the signature separator left out."""
     text = text.split(_SIGNATURE, 1)[0]
     paragraphs: list[str] = []
     current: list[str] = []
     for line in text.split("\n"):
         stripped = line.strip()
+        if lines and stripped and not stripped.startswith(">"):
+            current.append(stripped)
+            stripped = ""
         if not stripped or stripped.startswith(">"):
             if current:
                 paragraphs.append(" ".join(current))
@@ -242,9 +246,9 @@ def sender_paragraphs(text: str) -> list[str]:
     return paragraphs
 
 
-def read_shape(subject: str, text: str, *, gate: bool = True) -> MessageShape:
-    """The features of each paragraph of the message. The subject adds a
-    change or an event to the first paragraph.
+def read_shape(subject: str, text: str, *, html: bool = False, gate: bool = True) -> MessageShape:
+    """The features of each paragraph of the message (each block of an HTML
+    body: `html`). The subject adds a change or an event to the first paragraph.
 
     Most letters carry neither a call to act in the practice's voice nor any
     personal life: one pass over the whole text (whose words the phrase rules
@@ -258,7 +262,7 @@ def read_shape(subject: str, text: str, *, gate: bool = True) -> MessageShape:
     if gate and not may_announce and personal < 2:
         return MessageShape(())
     paragraphs: list[Paragraph] = []
-    for position, paragraph in enumerate(sender_paragraphs(text), start=1):
+    for position, paragraph in enumerate(sender_paragraphs(text, lines=html), start=1):
         paragraphs.append(_read_paragraph(book, position, paragraph[:_PARAGRAPH_CHARS]))
     if subject and paragraphs:
         extra = {s for s, w in book.score(subject).signals if w >= 1} & {CHANGE, EVENT}
@@ -274,9 +278,7 @@ def _read_paragraph(book: PhraseBook, position: int, paragraph: str) -> Paragrap
     words = tokens(paragraph)
     score = book.score_words(words)
     features = {signal for signal, weight in score.signals if weight >= 1}
-    if EVENT not in features and (
-        _TIME_RANGE.search(paragraph) or _DATED_DAY.search(paragraph)
-    ):
+    if EVENT not in features and (_TIME_RANGE.search(paragraph) or _DATED_DAY.search(paragraph)):
         features.add(EVENT)
     if not _LINK_WORDS.isdisjoint(words):
         features.add(CALL_TO_ACTION)

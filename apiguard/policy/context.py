@@ -88,7 +88,8 @@ class MessageContext:
         """The message's paragraphs and their features (announcement, private life)."""
         from apiguard.shape import read_shape
 
-        return read_shape(self.message.subject, self.message.text)
+        message = self.message
+        return read_shape(message.subject, message.text, html=message.html_only)
 
     @cached_property
     def attachments(self) -> AttachmentAnalysis:

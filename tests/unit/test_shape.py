@@ -233,3 +233,16 @@ def test_a_dated_session_and_a_link_are_an_event_and_a_call() -> None:
         "convoquée le jeudi 20 mars à 9h.\n\nMerci de lui rappeler d'être à jeun.\n",
     )
     assert letter.announcement_signals() == ()
+
+
+def test_an_html_body_is_read_block_by_block() -> None:
+    html = (
+        "<p>Cher confrère,</p><p>J'ai revu votre patiente Mme Colette RENARD, née le "
+        "26/04/1950 : examen clinique normal.</p><p>Merci encore pour le dîner de samedi, "
+        "les enfants ont adoré la piscine. Pour le golf, je veux ma revanche !</p>"
+        "<p>Amitiés,<br>Marc</p>"
+    )
+    finding = hit(check(html, html=True), "art1.private-content")
+    assert finding is not None
+    assert "paragraphe 3 sur 5" in finding.message_fr
+    assert sender_paragraphs("a\nb\n\n> c\nd", lines=True) == ["a", "b", "d"]
