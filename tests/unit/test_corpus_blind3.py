@@ -33,24 +33,14 @@ NO_PATIENT_DATA = "art1.no-patient-data"
 # Rows the rules judge wrongly (a violation forwarded, or a legitimate message
 # stopped), by file, with the rule ids that fired. Strict xfail: a fix shows up
 # as XPASS and the entry must be removed.
+#
+# Fixed AFTER the one measurement, so no longer a measure: five legitimate
+# letters held by art1.no-patient-data because their identity was written in a
+# way the text search did not read (legit-06 "mr chapuis gerard ne le …",
+# legit-62 "Mrs … (born 14 February 1958)", legit-67 "Mr BLANCHARD kevin ne le
+# 3/2/91", legit-74 "(née 14/03/1939)", legit-94 "Mme CARRÉ Élodie
+# (09/12/1984)"; the last then also met art1.private-content's lower threshold).
 MISSES: dict[str, str] = {
-    "legit-06-ide-pansement-noaccent.eml": (
-        "held by art1.no-patient-data: lower-case name and 'ne le' without accent not read"
-    ),
-    "legit-62-english-surgeon-reply.eml": (
-        "held by art1.no-patient-data: 'Mrs … (born 14 February 1958)', an English date, not read"
-    ),
-    "legit-67-hernie-fautes-flowed.eml": (
-        "held by art1.no-patient-data: 'Mr BLANCHARD kevin ne le 3/2/91' (lower-case first name, "
-        "no accent) not read; the flowed text itself is unwrapped"
-    ),
-    "legit-74-soins-palliatifs-domicile-ide.eml": (
-        "held by art1.no-patient-data: '(née 14/03/1939)' without 'le' not read"
-    ),
-    "legit-94-cloture-amicale-latin1.eml": (
-        "held by art1.no-patient-data (identity not read), so the phrase 'je t'embrasse' reaches "
-        "art1.private-content's lower threshold"
-    ),
     "viol-22-atelier-etp-invitation-cite-patient.eml": (
         "workshop invitation naming a patient forwarded; no rule fired"
     ),
