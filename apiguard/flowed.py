@@ -50,13 +50,20 @@ def _quoted(depth: int, content: str) -> str:
 def join_hard_wraps(text: str) -> str:
     """The text with each paragraph on one line: a line break followed by a
     non-blank line becomes a space (quote marks of the following line
-    dropped); blank lines still separate paragraphs."""
-    lines = text.split("\n")
+    dropped); blank lines still separate paragraphs. Linear in the text."""
     out: list[str] = []
-    for line in lines:
+    paragraph: list[str] = []
+    for line in text.split("\n"):
         content = line.lstrip(" \t>")
-        if out and content and out[-1].strip(" \t>"):
-            out[-1] = out[-1].rstrip(" \t") + " " + content
-        else:
+        if paragraph and content:
+            paragraph[-1] = paragraph[-1].rstrip(" \t")
+            paragraph.append(content)
+            continue
+        if paragraph:
+            out.append(" ".join(paragraph))
+        paragraph = [line] if content else []
+        if not content:
             out.append(line)
+    if paragraph:
+        out.append(" ".join(paragraph))
     return "\n".join(out)

@@ -150,3 +150,9 @@ def test_without_the_unwrapping_the_name_split_across_lines_is_missed() -> None:
 
     assert not _scan_identities(sentence, TODAY)
     assert find_text_identities(sentence, TODAY)
+
+
+def test_joining_hard_wraps_is_linear_on_a_huge_paragraph() -> None:
+    text = "a\n" * 200_000
+    assert join_hard_wraps(text) == " ".join(["a"] * 200_000) + "\n"
+    assert unflow("a \n" * 200_000, delsp=True) == "a" * 200_000
