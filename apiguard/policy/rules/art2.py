@@ -125,8 +125,8 @@ class Announcement(ScoredPhrasesRule):
             "Les invitations, formations, congrès, questionnaires de thèse, changements "
             "d'adresse, ouvertures, fermetures, arrivées, départs en retraite et "
             "remplacements ne passent pas par la messagerie sécurisée : utilisez une "
-            "messagerie ordinaire. Si le message parle aussi d'un patient, envoyez-lui "
-            "un courrier à part, sans l'annonce.",
+            "messagerie ordinaire. Si le message parle aussi d'un patient, envoyez "
+            "sur ce patient un courrier à part, sans l'annonce.",
             "Invitations, trainings, congresses, thesis questionnaires, changes of "
             "address, openings, closings, arrivals, retirements and replacements do not go "
             "through secure messaging: use ordinary e-mail. If the message is also about "
