@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pybase64
 
+from apiguard.flowed import unflow
+
 # Charsets tried, in order, when the declared one is absent or does not decode.
 _FALLBACK_CHARSETS = ("utf-8", "cp1252", "latin-1")
 _UTF8_NAMES = {"utf-8", "utf8", "utf_8"}
@@ -407,6 +409,16 @@ def _restore_runs(value: str, runs: dict[str, str]) -> str:
     return value
 
 
+def _unflowed(part: email.message.Message, text: str) -> str:
+    """The text as typed when the part is `format=flowed` (RFC 3676), else as is."""
+    if "flowed" not in str(part.get("Content-Type", "")).lower():
+        return text  # the common case, without parsing the header's parameters
+    if str(part.get_param("format", "") or "").lower() != "flowed":
+        return text
+    delsp = str(part.get_param("delsp", "") or "").lower() == "yes"
+    return unflow(text, delsp=delsp)
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 bytes. Never raises; defects describe bad input."""
     try:
@@ -461,7 +473,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         if content_type == "text/html":
             html_texts.append(html_to_text(text))
         else:
-            texts.append(text)
+            texts.append(_unflowed(part, text))
     html_only = not texts and bool(html_texts)
     body = "\n".join(texts) if texts else "\n".join(html_texts)
     top_parts = message.get_payload() if message.is_multipart() else []

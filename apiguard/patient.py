@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
+from apiguard.flowed import join_hard_wraps
 from apiguard.identity import PatientIdentity
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ _CIVILITY = (
 )
 _MONTHS = (
     "janvier|f[ée]vrier|mars|avril|mai|juin|juillet|ao[uû]t|septembre|octobre|novembre|d[ée]cembre"
+    "|january|february|march|april|may|june|july|august|september|october|november|december"
 )
 _DATE = (
     r"(?P<date>\d{1,2}[ \t]*[/.\-][ \t]*\d{1,2}[ \t]*[/.\-][ \t]*(?:\d{4}|\d{2})(?!\d)"
@@ -78,7 +80,9 @@ _DATE = (
 )
 _BIRTH_LABEL = (
     r"(?i:n[ée](?:e|\(e\))?[ \t]+le|date[ \t]+de[ \t]+naissance|d\.?d\.?n\.?|"
-    r"n[ée](?:e|\(e\))?[ \t]+en|date[ \t]+of[ \t]+birth|d\.?o\.?b\.?|born[ \t]+on)"
+    r"n[ée](?:e|\(e\))?[ \t]+en|date[ \t]+of[ \t]+birth|d\.?o\.?b\.?|born(?:[ \t]+on)?|"
+    # "(née 14/03/1939)": the label straight before the date.
+    r"n[ée](?:e|\(e\))?(?=[ \t]*\d))"
 )
 _BIRTH = rf"{_BIRTH_LABEL}[ \t]*:?[ \t]*\n?[ \t]*{_DATE}"
 _AGE = r"(?:[ \t]*,?[ \t]*\d{1,3}[ \t]*ans)?"
@@ -91,6 +95,19 @@ def _bounded(pattern: str) -> re.Pattern[str]:
     return re.compile(capped.replace("[ \\t>]*", "[ \\t>]{0,20}"))
 
 
+# A civility makes a person of any words, whatever their case ("mr chapuis
+# gerard ne le …", "Mr BLANCHARD kevin", "Mrs Claire Roussel (born …)"), when
+# a birth label or a date in brackets follows.
+_ANY_CIVILITY = r"(?i:madame|mademoiselle|monsieur|mme|mlle|mrs|ms|miss|mr|m\.)"
+_ANY_WORD = r"[^\W\d_][\w'’\-]{0,40}"
+_ANY_NAME = rf"{_ANY_WORD}(?:[ \t]+{_ANY_WORD}){{0,3}}"
+_CIVILITY_BIRTH = _bounded(
+    rf"(?<![\w.])(?P<civ>{_ANY_CIVILITY})\.?[ \t]+(?P<name>{_ANY_NAME}){_AGE}{_GAP}{_BIRTH}"
+)
+_CIVILITY_BRACKETED_DATE = _bounded(
+    rf"(?<![\w.])(?P<civ>{_ANY_CIVILITY})\.?[ \t]+(?P<name>{_ANY_NAME})"
+    rf"[ \t]*\([ \t]*{_DATE}[ \t]*\)"
+)
 _NAME_BIRTH = _bounded(
     rf"(?<![\w.])(?:(?P<civ>{_CIVILITY})[ \t]+)?(?P<name>{_NAME}){_AGE}{_GAP}{_BIRTH}"
 )
@@ -131,6 +148,8 @@ _MONTH_NUMBERS = {
     "janvier": 1, "fevrier": 2, "février": 2, "mars": 3, "avril": 4, "mai": 5,
     "juin": 6, "juillet": 7, "aout": 8, "août": 8, "septembre": 9, "octobre": 10,
     "novembre": 11, "decembre": 12, "décembre": 12,
+    "january": 1, "february": 2, "march": 3, "april": 4, "may": 5, "june": 6, "july": 7,
+    "august": 8, "september": 9, "october": 10, "november": 11, "december": 12,
 }  # fmt: skip
 
 
@@ -182,8 +201,18 @@ def _names_a_person(civility: str | None, name: str) -> bool:
 
 def find_text_identities(text: str, today: date) -> list[tuple[str, PatientIdentity]]:
     """Every (signal, identity) in the first `TEXT_SCAN_LIMIT` characters of
-    the letter's text. Never raises."""
+    the letter's text; when there is none, in the same text with its
+    hard-wrapped paragraphs joined ("Madame Jeanne⏎DUPONT, née le …"). Never raises."""
     text = text[:TEXT_SCAN_LIMIT]
+    found = _scan_identities(text, today)
+    if not found and "\n" in text:
+        joined = join_hard_wraps(text)
+        if joined != text:
+            found = _scan_identities(joined, today)
+    return found
+
+
+def _scan_identities(text: str, today: date) -> list[tuple[str, PatientIdentity]]:
     found: list[tuple[str, PatientIdentity]] = []
 
     def add(signal: str, name: str, birth: str | None) -> None:
@@ -194,6 +223,10 @@ def find_text_identities(text: str, today: date) -> list[tuple[str, PatientIdent
     for match in _NAME_BIRTH.finditer(text):
         if _names_a_person(match["civ"], match["name"]):
             add(SIGNAL_TEXT_NAME_BIRTH, match["name"], match["date"])
+    if not found:
+        for pattern in (_CIVILITY_BIRTH, _CIVILITY_BRACKETED_DATE):
+            for match in pattern.finditer(text):
+                add(SIGNAL_TEXT_NAME_BIRTH, match["name"], match["date"])
     for match in _LABEL.finditer(text):
         # "Objet :" and "Concerne :" head many lines: only with a civility.
         if match["civ"] or (

@@ -143,7 +143,10 @@ class PhraseBook:
 
     def score(self, text: str) -> PhraseScore:
         """Sum, per signal, the weights of the distinct phrases found in `text`."""
-        words = tokens(text)
+        return self.score_words(tokens(text))
+
+    def score_words(self, words: tuple[str, ...]) -> PhraseScore:
+        """`score` of a text already split by `tokens`."""
         index = self._index
         end = len(words)
         found: dict[tuple[tuple[str, ...], str], float] = {}
@@ -179,6 +182,11 @@ def _packaged_tables() -> dict[str, dict[str, dict[str, float]]]:
     }
 
 
-def packaged_book(name: str) -> PhraseBook:
-    """The packaged phrase list `name` ("private" or "announcement")."""
-    return PhraseBook(_packaged_tables().get(name, {}))
+def packaged_book(name: str, *more: str) -> PhraseBook:
+    """The packaged phrase list `name` ("private", "announcement", "shape",
+    "personal"), or several lists in one book (their signal names differ)."""
+    tables = _packaged_tables()
+    signals = dict(tables.get(name, {}))
+    for other in more:
+        signals.update(tables.get(other, {}))
+    return PhraseBook(signals)

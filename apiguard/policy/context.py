@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
     from apiguard.hprim import HprimScan
     from apiguard.patient import PatientData
     from apiguard.policy.rules.lookalike import KnownCorrespondents
+    from apiguard.shape import MessageShape
     from apiguard.volume import VolumeSnapshot
 
     pass
@@ -84,6 +85,14 @@ class MessageContext:
         from apiguard.patient import detect_patient_data
 
         return detect_patient_data(self)
+
+    @cached_property
+    def shape(self) -> MessageShape:
+        """The message's paragraphs and their features (announcement, private life)."""
+        from apiguard.shape import read_shape
+
+        message = self.message
+        return read_shape(message.subject, message.text, html=message.html_only)
 
     @cached_property
     def attachments(self) -> AttachmentAnalysis:

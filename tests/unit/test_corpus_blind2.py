@@ -27,28 +27,10 @@ NO_PATIENT_DATA = "art1.no-patient-data"
 # Rows the current rules judge wrongly (a violation forwarded, or a legitimate
 # message stopped), by file, with the rule ids that fired. Strict xfail: a fix
 # shows up as XPASS and the entry must be removed.
-MISSES: dict[str, str] = {
-    "viol-02-midi-rhumato-suite-echange-patient-latin1-qp.eml": (
-        "lunch-debate invitation naming a patient forwarded; no rule fired"
-    ),
-    "viol-06-atelier-infiltrations-patiente-latin1-qp.eml": (
-        "hands-on workshop invitation naming a patient forwarded; no rule fired"
-    ),
-    "viol-11-msp-nouvelle-consoeur-patiente-utf8-qp.eml": (
-        "new colleague's arrival naming a patient forwarded; no rule fired"
-    ),
-    "viol-15-message-perso-tennis-patiente-utf8.eml": (
-        "personal message naming a patient forwarded; no rule fired"
-    ),
-}
+MISSES: dict[str, str] = {}
 
 # Violations caught, if at all, only by the `art1.no-patient-data` safety net.
-CONTENT_MISSES: dict[str, str] = {
-    **MISSES,
-    "viol-10-labo-horaires-fermeture-site-html-latin1-qp.eml": (
-        "opening hours and site closure held by art1.no-patient-data only"
-    ),
-}
+CONTENT_MISSES: dict[str, str] = {**MISSES}
 
 
 decide = corpus_decider(CORPUS, ROWS)

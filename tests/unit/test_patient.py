@@ -246,3 +246,32 @@ def test_patient_data_is_shared_through_the_context() -> None:
     ctx = context("Patient : DUPONT Jean\nVu ce jour.")
     assert ctx.patient_data is ctx.patient_data
     assert ctx.patient_data.signals == (SIGNAL_TEXT_LABEL,)
+
+
+@pytest.mark.parametrize(
+    ("text", "last_name", "birth_date"),
+    [
+        ("pansement fait chez mr chapuis gerard ne le 14/05/1938.", "chapuis", date(1938, 5, 14)),
+        ("je vous adresse Mr BLANCHARD kevin ne le 3/2/91 pour", "BLANCHARD", date(1991, 2, 3)),
+        (
+            "Thank you for referring Mrs Claire Roussel (born 14 February 1958).",
+            "Claire",
+            date(1958, 2, 14),
+        ),
+        ("Point sur Mme Lucette ROUX (née 14/03/1939), en HAD", "ROUX", date(1939, 3, 14)),
+        ("J'ai vu Mme CARRÉ Élodie (09/12/1984) hier.", "CARRÉ", date(1984, 12, 9)),
+    ],
+)
+def test_a_civility_names_a_person_in_any_case_before_a_birth_date(
+    text: str, last_name: str, birth_date: date
+) -> None:
+    (_, identity), *_ = find_text_identities(text, TODAY)
+    assert (identity.last_name, identity.birth_date) == (last_name, birth_date)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Mme X vue le 12/03/2025 pour un contrôle.", "Madame, Monsieur, (12/03/2025)"],
+)
+def test_a_civility_and_a_date_that_is_not_a_birth_date_are_no_identity(text: str) -> None:
+    assert find_text_identities(text, TODAY) == []

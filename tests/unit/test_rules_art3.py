@@ -136,6 +136,59 @@ def test_letter_words_ignores_greetings_references_and_signature() -> None:
     assert letter_words("Patiente revue ce jour, tension normale, on poursuit le traitement.") >= 8
 
 
+COVERING_NOTE = (
+    "Bonjour,\n\nVeuillez trouver ci-joint le compte rendu de consultation de M. ZEPHYRIN."
+    "\n\nCordialement"
+)
+CDA_FILE = ("text", "xml", "CR.xml")
+HPRIM_SANTE_FILE = (
+    "H|~^\\&|SYNTH.HPR||LABO~LABORATOIRE||ORU|||DEST~DR EXEMPLE||P|H2.1~C|202405281015\r\n"
+    "P|1|P000451|||ZEPHYRIN~LEOPOLDINE|HOUAT|19620905|F\r\n"
+    "OBR|1|||GLY~GLYCEMIE~L\r\n"
+    "OBX|1|NM|GLY~GLYCEMIE~L||0.92|g/l|0.74 - 1.06|N|||F\r\n"
+    "L|1\r\n"
+).encode("ascii")
+CDA_READER = CorrespondentsDirectory.from_toml(
+    '[[correspondent]]\naddress = "dr.durand@medical69.apicrypt.org"\n'
+    'formats = ["hprim", "pdf", "cda"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("attachment", "recipient", "directory", "held"),
+    [
+        # A structured document naming the patient, which the recipient reads.
+        ((xdm(), ZIP), "cardio@chu-exemple.mssante.fr", CHU, False),
+        ((cda(), CDA_FILE), RECIPIENT, CDA_READER, False),
+        ((HPRIM_SANTE_FILE, ("text", "plain", "resultats.hps")), RECIPIENT, None, False),
+        # The same to a recipient not declared as reading it: the note must say it.
+        ((xdm(), ZIP), RECIPIENT, CHU, True),
+        ((cda(), CDA_FILE), RECIPIENT, None, True),
+        (
+            (HPRIM_SANTE_FILE, ("text", "plain", "resultats.hps")),
+            "labo-pdf@chu.mssante.fr",
+            CorrespondentsDirectory.from_toml(
+                '[[correspondent]]\naddress = "labo-pdf@chu.mssante.fr"\nformats = ["pdf"]\n'
+            ),
+            True,
+        ),
+        # A structured document that names nobody is no letter either.
+        ((cda(family="", given_name=""), CDA_FILE), RECIPIENT, CDA_READER, True),
+        ((text_pdf(), PDF), "cardio@chu-exemple.mssante.fr", CHU, True),
+    ],
+)
+def test_a_readable_structured_document_naming_the_patient_is_content(
+    attachment: tuple[bytes, tuple[str, str, str]],
+    recipient: str,
+    directory: CorrespondentsDirectory | None,
+    held: bool,
+) -> None:
+    decision = decide(
+        mime(COVERING_NOTE, [attachment]), recipients=(recipient,), directory=directory
+    )
+    assert bool(hits(decision, "art3.attachment-only")) is held
+
+
 # --- art3.type-mismatch / forbidden-type ---------------------------------------------
 
 

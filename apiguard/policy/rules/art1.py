@@ -16,6 +16,7 @@ from apiguard.phrases import PhraseBook, PhraseScore, packaged_book
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule, RuleParams
 from apiguard.policy.verdict import Action, Finding
+from apiguard.shape import PERSONAL_SIGNALS
 
 
 class ScoredPhrasesParams(RuleParams):
@@ -32,6 +33,8 @@ class ScoredPhrasesParams(RuleParams):
     threshold_with_patient_data: Annotated[float, Field(gt=0)] = 6.0
     phrases: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = Field(default_factory=dict)
     replace_phrases: bool = False
+    # Also judge the message's structure (`apiguard.shape`), beyond the phrases.
+    judge_structure: bool = True
 
 
 class ScoredPhrasesRule(Rule):
@@ -89,7 +92,9 @@ class NoPatientData(Rule):
 
 class PrivateContent(ScoredPhrasesRule):
     """`art1.private-content`: greetings, personal news, jokes, chain letters,
-    newsletters, commercial offers, unsubscribe links."""
+    newsletters, commercial offers, unsubscribe links (by their phrases); and
+    paragraphs about the writers' own life, leisure, family, social plans,
+    affection (`apiguard.shape`), named by their position, never quoted."""
 
     id = "art1.private-content"
     article = 1
@@ -100,19 +105,39 @@ class PrivateContent(ScoredPhrasesRule):
         if ctx.is_notification:
             return None
         score = self.score(ctx)
-        if score is None:
+        if score is not None:
+            signals = ", ".join(score.signal_names)
+            return self._private(signals, signals, score_details(score))
+        if not self.settings.judge_structure:
             return None
-        signals = ", ".join(score.signal_names)
+        private = ctx.shape.private_paragraphs(names_patient=ctx.patient_data.present)
+        if not private:
+            return None
+        total = ctx.shape.count
+        positions = ", ".join(str(p.position) for p in private)
+        features = sorted({f for p in private for f in p.features if f in PERSONAL_SIGNALS})
+        plural = "s" if len(private) > 1 else ""
+        return self._private(
+            f"{', '.join(features)} ; paragraphe{plural} {positions} sur {total}",
+            f"{', '.join(features)}; paragraph{plural} {positions} of {total}",
+            {"signals": ",".join(features), "paragraphs": positions, "of": str(total)},
+        )
+
+    def _private(self, where_fr: str, where_en: str, details: dict[str, str]) -> Finding:
         return self.finding(
-            f"contenu privé ou sans rapport avec les soins (signaux : {signals})",
-            f"private or non-clinical content (signals: {signals})",
+            f"contenu privé ou sans rapport avec les soins (signaux : {where_fr})",
+            f"private or non-clinical content (signals: {where_en})",
             "La messagerie sécurisée est réservée aux données médicales des patients : "
-            "vœux, nouvelles personnelles, blagues, chaînes, lettres d'information et offres "
-            "commerciales n'y ont pas leur place. Envoyez-les par une messagerie ordinaire.",
-            "Secure messaging is for patients' medical data only: greetings, personal news, "
-            "jokes, chain letters, newsletters and commercial offers do not belong there. "
-            "Send them through ordinary e-mail.",
-            details=score_details(score),
+            "vœux, nouvelles personnelles, loisirs, famille, invitations entre amis, "
+            "blagues, chaînes, lettres d'information et offres commerciales n'y ont pas "
+            "leur place, car le courrier entre dans le dossier du patient. Retirez ces "
+            "paragraphes et envoyez-les par une messagerie ordinaire.",
+            "Secure messaging is for patients' medical data only: greetings, personal "
+            "news, leisure, family, invitations between friends, jokes, chain letters, "
+            "newsletters and commercial offers do not belong there, because the letter "
+            "enters the patient's record. Remove those paragraphs and send them through "
+            "ordinary e-mail.",
+            details=details,
         )
 
 

@@ -72,12 +72,18 @@ class TooManyRecipients(Rule):
 class AnnouncementParams(ScoredPhrasesParams):
     # Charter: an announcement that names no patient is refused outright.
     action_without_patient_data: Action | None = Action.REJECT
+    # Phrase signals that, in a letter naming a patient, tell the continuity of
+    # that patient's care ("je serai absente, mon remplaçant recevra le
+    # résultat") rather than announce: alone, they leave it to the structure.
+    continuity_signals: tuple[str, ...] = ("replacement",)
 
 
 class Announcement(ScoredPhrasesRule):
     """`art2.announcement`: invitations, meetings, trainings, webinars, congresses,
     thesis or survey questionnaires, moves, openings and closings, retirements,
-    holiday replacements."""
+    holiday replacements: by their phrases, or by their structure
+    (`apiguard.shape`: the practice's change or event, a call to act, addressed
+    to colleagues in general, more than a patient's story)."""
 
     id = "art2.announcement"
     article = 2
@@ -88,25 +94,45 @@ class Announcement(ScoredPhrasesRule):
     def check(self, ctx: MessageContext) -> Finding | None:
         if ctx.is_notification:
             return None
-        score = self.score(ctx)
-        if score is None:
-            return None
         assert isinstance(self.params, AnnouncementParams)
+        score = self.score(ctx)
+        if (
+            score is not None
+            and ctx.patient_data.present
+            and set(score.signal_names) <= set(self.params.continuity_signals)
+        ):
+            score = None
+        structure: tuple[str, ...] = ()
+        if score is None and self.settings.judge_structure:
+            structure = ctx.shape.announcement_signals()
+        if score is None and not structure:
+            return None
         action = None
         if not ctx.patient_data.present:
             action = self.params.action_without_patient_data
-        signals = ", ".join(score.signal_names)
+        if score is not None:
+            signals = ", ".join(score.signal_names)
+            label_fr, label_en = "signaux", "signals"
+            details = score_details(score)
+        else:
+            # Judged by what it is: the names of its features, never its words.
+            signals = ", ".join(structure)
+            label_fr, label_en = "structure", "structure"
+            details = {"signals": ",".join(structure), "structure": "yes"}
         return self.finding(
-            f"annonce ou invitation, interdite par la charte (signaux : {signals})",
-            f"announcement or invitation, forbidden by the charter (signals: {signals})",
+            f"annonce ou invitation, interdite par la charte ({label_fr} : {signals})",
+            f"announcement or invitation, forbidden by the charter ({label_en}: {signals})",
             "Les invitations, formations, congrès, questionnaires de thèse, changements "
-            "d'adresse, ouvertures, fermetures, départs en retraite et remplacements ne "
-            "passent pas par la messagerie sécurisée : utilisez une messagerie ordinaire.",
+            "d'adresse, ouvertures, fermetures, arrivées, départs en retraite et "
+            "remplacements ne passent pas par la messagerie sécurisée : utilisez une "
+            "messagerie ordinaire. Si le message parle aussi d'un patient, envoyez "
+            "sur ce patient un courrier à part, sans l'annonce.",
             "Invitations, trainings, congresses, thesis questionnaires, changes of "
-            "address, openings, closings, retirements and replacements do not go through "
-            "secure messaging: use ordinary e-mail.",
+            "address, openings, closings, arrivals, retirements and replacements do not go "
+            "through secure messaging: use ordinary e-mail. If the message is also about "
+            "a patient, send a separate letter about the patient, without the announcement.",
             action=action,
-            details=score_details(score),
+            details=details,
         )
 
 

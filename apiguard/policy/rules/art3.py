@@ -22,6 +22,7 @@ from apiguard.attachments import (
 )
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule, RuleParams
+from apiguard.policy.rules.formats import readable_patient_document
 from apiguard.policy.verdict import Action, Finding
 
 DEFAULT_ALLOWED_TYPES: tuple[str, ...] = (
@@ -134,7 +135,11 @@ def has_hprim_body(ctx: MessageContext) -> bool:
 
 
 class AttachmentOnly(Rule):
-    """`art3.attachment-only`: attachments but no meaningful text in the body."""
+    """`art3.attachment-only`: attachments but no meaningful text in the body.
+
+    A structured document that names the patient (CDA, IHE XDM, an HPRIM file)
+    and that the recipients' software reads is content in itself: the covering
+    note may be one line, as MSSanté packaging has it."""
 
     id = "art3.attachment-only"
     article = 3
@@ -145,7 +150,7 @@ class AttachmentOnly(Rule):
         if ctx.is_notification or not ctx.message.attachments or has_hprim_body(ctx):
             return None
         words = letter_words(ctx.message.text)
-        if words >= MIN_BODY_WORDS:
+        if words >= MIN_BODY_WORDS or readable_patient_document(ctx) is not None:
             return None
         return self.finding(
             "pièce jointe sans courrier dans le corps du message",

@@ -34,6 +34,31 @@ def _directory(ctx: MessageContext) -> CorrespondentsDirectory:
     return CorrespondentsDirectory()  # nobody declared: everyone reads HPRIM and PDF only
 
 
+def readable_patient_document(ctx: MessageContext) -> str | None:
+    """The format ("xdm", "cda" or "hprim") of an attached structured document
+    that names a patient and that every recipient's software reads, or None.
+
+    CDA and IHE XDM count for recipients the directory declares as accepting
+    them; an attached HPRIM file (Médecin or Santé) for every recipient that
+    reads HPRIM, which is everyone the directory does not say otherwise of.
+    """
+    directory = _directory(ctx)
+
+    def readable(fmt: str) -> bool:
+        return all(directory.accepts(recipient, fmt) for recipient in ctx.envelope.rcpt_tos)
+
+    if any(identity.is_nominative for identity in ctx.attachments.cda_patients):
+        structured = [f for f in message_formats(ctx) if f in ("xdm", "cda")]
+        if structured and all(readable(f) for f in structured):
+            return structured[0]
+    scan = ctx.hprim
+    attached = [r.identity for r in scan.records if r.source != "body"]
+    attached.extend(i for s in scan.sante if s.source != "body" for i in s.identities)
+    if any(identity.is_nominative for identity in attached) and readable("hprim"):
+        return "hprim"
+    return None
+
+
 class RecipientFormat(Rule):
     """`art4.recipient-format`: a format the recipient is not known to accept."""
 
