@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (circuit_list, circuit_close):
         sub.add_argument("--config", default=argparse.SUPPRESS)
         sub.add_argument("--json", action="store_true")
+    from apiguard.reports.command import add_arguments as report_arguments
+
+    report_arguments(
+        commands.add_parser("report", help="the monthly charter report (html, csv, json, pdf)")
+    )
     for name in ("show", "release", "reject", "cancel"):
         sub = actions.add_parser(name)
         sub.add_argument("id")
@@ -501,6 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "review":
             return _review(args)
+        if args.command == "report":
+            from apiguard.reports import command
+
+            try:
+                return command.run(args, _settings(args.config))
+            except command.ReportUsageError as error:
+                raise UsageError(str(error)) from None
     except UsageError as error:
         print(f"apiguard: {error}", file=sys.stderr)
         return EXIT_USAGE
