@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 import pygal
 from pygal.style import Style
+
+# pygal puts an import hook on sys.meta_path for its `pygal.maps.*` plugins
+# (not used here); it implements only the old finder API, so every later
+# import in the process raises an ImportWarning. Taken off again.
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "pygal"]
 
 SVG = "http://www.w3.org/2000/svg"
 XLINK = "http://www.w3.org/1999/xlink"

@@ -31,6 +31,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.config import ReviewSettings
+from apiguard.reports.web import dashboard_routes
 from apiguard.review import i18n
 from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
@@ -152,6 +153,7 @@ class ReviewApp:
             Route("/messages/{id}/{verb}", self._action(self.act_on_one), methods=["POST"]),
             Route("/bulk", self._action(self.act_on_many), methods=["POST"]),
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
+            *dashboard_routes(self._page, self._render, self.store),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
