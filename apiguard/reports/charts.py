@@ -75,7 +75,7 @@ def _clean(chart: pygal.graph.graph.Graph, label: str, color: int = 0) -> str:
     for parent in list(root.iter()):
         for child in list(parent):
             tag = child.tag.rsplit("}", 1)[-1]
-            if tag in ("script", "style") or "tooltip" in child.get("class", ""):
+            if tag in ("script", "style") or "tooltip" in child.get("class", "").split():
                 parent.remove(child)
     for element in root.iter():
         element.attrib.pop("style", None)
@@ -105,8 +105,10 @@ def daily_chart(
             x_labels_major_count=12,
         )
     )
-    chart.title = label
     chart.x_labels = [d[5:] for d in days]
+    chart.y_labels = whole_ticks(
+        max((sum(day) for day in zip(*(v for _, v in series), strict=True)), default=0)
+    )
     for name, values in series:
         chart.add(name, list(values))
     return _clean(chart, label)
@@ -117,17 +119,24 @@ def bar_chart(items: Sequence[tuple[str, int]], label: str, color: int = NEUTRAL
     colour of `color` (an index in the palette)."""
     height = max(140, 60 + 26 * len(items))
     chart = pygal.HorizontalBar(_config(print_values=True, show_legend=False, height=height))
-    chart.title = label
     chart.x_labels = [name for name, _ in items]
+    chart.y_labels = whole_ticks(max((count for _, count in items), default=0))
     chart.add(label, [count for _, count in items])
     return _clean(chart, label, color)
+
+
+def whole_ticks(highest: int, count: int = 8) -> list[int]:
+    """Axis ticks in whole messages: 0 to at least `highest`, about `count` of them."""
+    step = max(1, -(-highest // count))
+    return list(range(0, max(highest, 1) + step, step))
 
 
 @functools.cache
 def chart_css() -> str:
     """pygal's stylesheet for the charts above, scoped to `svg.pygal-chart`."""
     sample = pygal.StackedBar(_config())
-    sample.add("a", [1])
+    for index in range(len(_STYLE.colors)):  # a colour rule per series
+        sample.add(str(index), [1])
     root = ET.fromstring(sample.render(is_unicode=True))  # noqa: S314
     css = "\n".join(
         element.text or "" for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "style"

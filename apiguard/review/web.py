@@ -37,6 +37,7 @@ from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
 from apiguard.review.display import attachment_content, message_view
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
+from apiguard.review.subjects import held_subjects
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
 
@@ -150,6 +151,7 @@ class ReviewApp:
                 self._page(self.download),
                 methods=["GET"],
             ),
+            Route("/messages/{id}/reject", self._page(self.confirm_reject), methods=["GET"]),
             Route("/messages/{id}/{verb}", self._action(self.act_on_one), methods=["POST"]),
             Route("/bulk", self._action(self.act_on_many), methods=["POST"]),
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
@@ -289,6 +291,9 @@ class ReviewApp:
             self.service.held_page, page, self.settings.page_size, rule=rule, sender=sender
         )
         pending = await self.store.run(self.service.cancellable, PENDING_SHOWN)
+        subjects = await self.store.run(
+            held_subjects, self.store.sync, [m.id for m in held.messages]
+        )
         circuits = await self.store.run(self.circuits.circuits) if self.circuits else None
 
         def page_link(number: int) -> str:
@@ -303,6 +308,7 @@ class ReviewApp:
                 "rule": rule or "",
                 "sender": sender or "",
                 "pending": pending,
+                "subjects": subjects,
                 "circuits": circuits,
                 "expires_at": self.service.expires_at,
                 "page_link": page_link,
@@ -331,6 +337,25 @@ class ReviewApp:
                 "held": message.state is MessageState.HELD,
                 "cancellable": cancellable,
                 "expires_at": self.service.expires_at(message),
+            },
+        )
+
+    async def confirm_reject(self, request: Request, user: str) -> Response:
+        """Refusing from the list is asked again, on a page of its own (no script)."""
+        message_id = request.path_params["id"]
+        message = await self.store.run(self.store.sync.get, message_id)
+        if message is None:
+            return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
+        if message.state is not MessageState.HELD:
+            return RedirectResponse(f"/messages/{message.id}", status_code=303)
+        subjects = await self.store.run(held_subjects, self.store.sync, [message.id])
+        return self._render(
+            request,
+            "confirm_reject.html",
+            {
+                "message": message,
+                "subject": subjects.get(message.id, ""),
+                "next": _safe_next(request.query_params.get("next")),
             },
         )
 
