@@ -395,6 +395,8 @@ class ReviewApp:
         if verb == "cancel":
             if done:
                 self._flash(request, "ok", "flash.cancelled")
+            elif results and results[0].state == "cancelled":
+                self._flash(request, "warn", "flash.already_cancelled")
             else:
                 self._flash(request, "warn", "flash.too_late")
             return

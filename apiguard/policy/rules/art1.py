@@ -60,6 +60,34 @@ class ScoredPhrasesRule(Rule):
         return score if score.total >= threshold else None
 
 
+# The packaged signals' names in French, for the French text of a finding (a
+# practice's own signals keep the name it gave them).
+SIGNALS_FR = {
+    "greetings": "vœux",
+    "personal-news": "nouvelles personnelles",
+    "jokes": "blagues",
+    "chain-letter": "chaîne",
+    "newsletter": "lettre d'information",
+    "commercial": "offre commerciale",
+    "unsubscribe": "lien de désabonnement",
+    "invitation": "invitation",
+    "training": "formation",
+    "webinar": "webinaire",
+    "meeting": "réunion",
+    "congress": "congrès",
+    "questionnaire": "questionnaire",
+    "moving": "changement d'adresse",
+    "opening-closing": "ouverture ou fermeture",
+    "retirement": "départ en retraite",
+    "replacement": "remplacement",
+}
+
+
+def signals_fr(score: PhraseScore) -> str:
+    """The signals of a score, named in French."""
+    return ", ".join(SIGNALS_FR.get(name, name) for name in score.signal_names)
+
+
 def score_details(score: PhraseScore) -> dict[str, str]:
     """Signal names and the score: never the phrases, which quote the message."""
     return {"signals": ",".join(score.signal_names), "score": f"{score.total:g}"}
@@ -104,7 +132,7 @@ class PrivateContent(ScoredPhrasesRule):
             return None
         signals = ", ".join(score.signal_names)
         return self.finding(
-            f"contenu privé ou sans rapport avec les soins (signaux : {signals})",
+            f"contenu privé ou sans rapport avec les soins (signaux : {signals_fr(score)})",
             f"private or non-clinical content (signals: {signals})",
             "La messagerie sécurisée est réservée aux données médicales des patients : "
             "vœux, nouvelles personnelles, blagues, chaînes, lettres d'information et offres "

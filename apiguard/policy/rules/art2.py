@@ -13,7 +13,12 @@ from pydantic import Field
 
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule, RuleParams
-from apiguard.policy.rules.art1 import ScoredPhrasesParams, ScoredPhrasesRule, score_details
+from apiguard.policy.rules.art1 import (
+    ScoredPhrasesParams,
+    ScoredPhrasesRule,
+    score_details,
+    signals_fr,
+)
 from apiguard.policy.verdict import Action, Finding
 
 _RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
@@ -97,7 +102,7 @@ class Announcement(ScoredPhrasesRule):
             action = self.params.action_without_patient_data
         signals = ", ".join(score.signal_names)
         return self.finding(
-            f"annonce ou invitation, interdite par la charte (signaux : {signals})",
+            f"annonce ou invitation, interdite par la charte (signaux : {signals_fr(score)})",
             f"announcement or invitation, forbidden by the charter (signals: {signals})",
             "Les invitations, formations, congrès, questionnaires de thèse, changements "
             "d'adresse, ouvertures, fermetures, départs en retraite et remplacements ne "
