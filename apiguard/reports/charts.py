@@ -97,13 +97,19 @@ def daily_chart(
 ) -> str:
     """Stacked bars per day (forwarded, held, refused)."""
     few = len(days) <= PRINTED_BARS
-    chart = pygal.StackedBar(
-        _config(
-            print_values=few,
-            x_label_rotation=-45 if few else 0,
-            show_minor_x_labels=few,
-            x_labels_major_count=12,
-        )
+    options = {
+        "print_values": few,
+        "x_label_rotation": -45 if few else 0,
+        "show_minor_x_labels": few,
+        "x_labels_major_count": 12,
+    }
+    # Up to a month, a bar per day with its figures printed; over 90 or 365
+    # days, stacked areas: the same figures drawn as one path per series (a
+    # thousand bars would cost pygal half a second and show nothing more).
+    chart = (
+        pygal.StackedBar(_config(**options))
+        if few
+        else pygal.StackedLine(_config(fill=True, show_dots=False, **options))
     )
     chart.x_labels = [d[5:] for d in days]
     chart.y_labels = whole_ticks(

@@ -38,8 +38,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     reviewer TEXT NOT NULL DEFAULT '',
     reviewed_at REAL
 );
-CREATE INDEX IF NOT EXISTS decisions_day ON decisions(day, verdict);
-CREATE INDEX IF NOT EXISTS decisions_at ON decisions(at);
+-- Covering indexes: the figures of a year are read from them alone.
+CREATE INDEX IF NOT EXISTS decisions_days ON decisions(day, verdict, outcome);
+CREATE INDEX IF NOT EXISTS decisions_flagged ON decisions(verdict, day, sender, software);
+CREATE INDEX IF NOT EXISTS decisions_reviewed ON decisions(review, reviewed_at);
 CREATE TABLE IF NOT EXISTS decision_findings (
     message_id TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS decision_findings (
     action TEXT NOT NULL,
     PRIMARY KEY (message_id, rule)
 );
-CREATE INDEX IF NOT EXISTS decision_findings_day ON decision_findings(day, rule, article);
+CREATE INDEX IF NOT EXISTS decision_findings_days
+    ON decision_findings(day, rule, article, message_id);
 CREATE TABLE IF NOT EXISTS charter_versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
