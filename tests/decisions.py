@@ -31,6 +31,7 @@ def finding(rule: str, article: int | None, action: Action) -> Finding:
 
 NO_PATIENT = finding("art1.no-patient-data", 1, Action.HOLD)
 ANNOUNCEMENT = finding("art2.announcement", 2, Action.HOLD)
+DUPLICATE = finding("art2.duplicate", 2, Action.HOLD)
 TOO_LARGE = finding("art3.too-large", 3, Action.REJECT)
 HPRIM = finding("art4.hprim-identity", 4, Action.REJECT)
 SUBJECT = finding("privacy.identity-in-subject", None, Action.REJECT)
@@ -94,11 +95,12 @@ def _accept(
     )
 
 
-def fill(store: SqliteStore, start: float | None = None) -> Filled:
+def fill(store: SqliteStore, start: float | None = None, prefix: str = "") -> Filled:
     """Three weeks of a small practice from `start` (local midnight of "day
     1"; default: November 2026): 6 forwarded (one with a warning, one not
     delivered), 4 held (released, rejected, expired, still held), 3 refused;
-    plus two messages 40 days before, which must not count."""
+    plus two messages 40 days before, which must not count. Ids start with
+    `prefix` (to fill one store twice)."""
     first = month_start() if start is None else start
 
     def at(day: int, hour: int = 10) -> float:
@@ -106,7 +108,7 @@ def fill(store: SqliteStore, start: float | None = None) -> Filled:
 
     filled = Filled()
     for n in range(6):
-        message_id = f"fwd{n}"
+        message_id = f"{prefix}fwd{n}"
         findings = (EMPTY_SUBJECT,) if n == 0 else ()
         _accept(store, message_id, "forward", at(2 + n), findings)
         state = RecipientState.FAILED if n == 5 else RecipientState.DELIVERED
@@ -115,22 +117,30 @@ def fill(store: SqliteStore, start: float | None = None) -> Filled:
         )
     filled.forwarded = 6
     for n, findings in enumerate(
-        [(NO_PATIENT,), (ANNOUNCEMENT, NO_PATIENT), (NO_PATIENT,), (ANNOUNCEMENT,)]
+        # held1: two rules of Article 2, counted once under the article
+        [(NO_PATIENT,), (ANNOUNCEMENT, DUPLICATE, NO_PATIENT), (NO_PATIENT,), (ANNOUNCEMENT,)]
     ):
-        _accept(store, f"held{n}", "hold", at(10 + n), findings, sender=LAB)
+        _accept(store, f"{prefix}held{n}", "hold", at(10 + n), findings, sender=LAB)
     filled.held = 4
-    store.transition_held("held0", MessageState.QUEUED, "secretariat", "release", "", at(10, 12))
-    store.transition_held("held1", MessageState.REJECTED, "secretariat", "reject", "", at(11, 14))
-    store.transition_held("held2", MessageState.REJECTED, "apiguard", "expire", "", at(19, 10))
+    store.transition_held(
+        prefix + "held0", MessageState.QUEUED, "secretariat", "release", "", at(10, 12)
+    )
+    store.transition_held(
+        prefix + "held1", MessageState.REJECTED, "secretariat", "reject", "", at(11, 14)
+    )
+    store.transition_held(
+        prefix + "held2", MessageState.REJECTED, "apiguard", "expire", "", at(19, 10)
+    )
     for n, findings in enumerate([(TOO_LARGE,), (HPRIM, SUBJECT), (SUBJECT,)]):
-        _accept(store, f"ref{n}", "reject", at(20 + n), findings)
+        _accept(store, f"{prefix}ref{n}", "reject", at(20 + n), findings)
     filled.refused = 3
     # before the period: never counted
-    _accept(store, "old0", "forward", at(-40))
-    _accept(store, "old1", "reject", at(-39), (TOO_LARGE,))
+    _accept(store, prefix + "old0", "forward", at(-40))
+    _accept(store, prefix + "old1", "reject", at(-39), (TOO_LARGE,))
     filled.by_rule = {
         "art1.no-patient-data": 3,
         "art2.announcement": 2,
+        "art2.duplicate": 1,
         "art3.too-large": 1,
         "art4.hprim-identity": 1,
         "art5.empty-subject": 1,

@@ -119,10 +119,8 @@ def figures_in(db: sqlite3.Connection, period: Period) -> Figures:
     span = (period.first, period.last)
     per_day: dict[str, dict[str, int]] = {}
     outcomes: dict[str, int] = {}
-    # One pass over the covering index, in its own order: days, verdicts, outcomes.
     for day, verdict, outcome, count in db.execute(
-        "SELECT day, verdict, outcome, COUNT(*) FROM decisions WHERE day BETWEEN ? AND ?"
-        " GROUP BY day, verdict, outcome",
+        "SELECT day, verdict, outcome, messages FROM decision_days WHERE day BETWEEN ? AND ?",
         span,
     ):
         counts = per_day.setdefault(day, {})
@@ -156,22 +154,24 @@ def figures_in(db: sqlite3.Connection, period: Period) -> Figures:
 
 def _by_rule(db: sqlite3.Connection, span: tuple[str, str]) -> tuple[RuleCount, ...]:
     rows = db.execute(
-        "SELECT rule, article, COUNT(*) FROM decision_findings WHERE day BETWEEN ? AND ?"
-        " GROUP BY rule ORDER BY COUNT(*) DESC, rule",
+        "SELECT rule, MAX(article), SUM(messages) AS total FROM rule_days"
+        " WHERE day BETWEEN ? AND ? GROUP BY rule HAVING total > 0 ORDER BY total DESC, rule",
         span,
     )
-    return tuple(RuleCount(str(rule), article, int(count)) for rule, article, count in rows)
+    return tuple(
+        RuleCount(str(rule), int(article) or None, int(count)) for rule, article, count in rows
+    )
 
 
 def _by_article(db: sqlite3.Connection, span: tuple[str, str]) -> tuple[tuple[str, int], ...]:
     """Messages with at least one finding under each article (1-5), then "-"
     for the rules outside the articles (recipients, privacy, MIME)."""
     rows = db.execute(
-        "SELECT article, COUNT(DISTINCT message_id) FROM decision_findings"
-        " WHERE day BETWEEN ? AND ? GROUP BY article",
+        "SELECT article, SUM(messages) FROM article_days WHERE day BETWEEN ? AND ?"
+        " GROUP BY article",
         span,
     )
-    counts = {("-" if article is None else str(article)): int(count) for article, count in rows}
+    counts = {(str(article) if article else "-"): int(count) for article, count in rows}
     return tuple((key, counts.get(key, 0)) for key in ("1", "2", "3", "4", "5", "-"))
 
 
@@ -199,8 +199,8 @@ def _review(db: sqlite3.Connection, span: tuple[str, str]) -> Review:
     counts: dict[str, int] = {}
     delays: list[float] = []
     for review, delay in db.execute(
-        "SELECT review, reviewed_at - at FROM decisions WHERE verdict = 'hold'"
-        " AND day BETWEEN ? AND ?",
+        "SELECT review, reviewed_at - at FROM decisions WHERE day BETWEEN ? AND ?"
+        " AND verdict = 'hold'",
         span,
     ):
         counts[review] = counts.get(review, 0) + 1

@@ -9,9 +9,10 @@ trace of what the message said. Records are written in the transaction that
 stores the decision (`record_in`), updated in the ones that deliver or review
 the message, and pruned after `reports.retention_days`.
 
-The day (the practice's local date) is kept beside the time so that the
-figures over a year are index-only aggregations (100 000 messages: see
-`bench/dashboard.py`).
+The day (the practice's local date) is kept beside the time, and triggers
+keep per-day counts (verdicts and outcomes, rules, articles) in the same
+transactions, so that the figures of a year are a few hundred summary rows,
+not 100 000 records (see `bench/dashboard.py`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     reviewer TEXT NOT NULL DEFAULT '',
     reviewed_at REAL
 );
--- Covering indexes: the figures of a year are read from them alone.
-CREATE INDEX IF NOT EXISTS decisions_days ON decisions(day, verdict, outcome);
+-- Covering indexes for the figures read from the records themselves.
 CREATE INDEX IF NOT EXISTS decisions_flagged ON decisions(verdict, day, sender, software);
+CREATE INDEX IF NOT EXISTS decisions_held ON decisions(day, review, reviewed_at, at)
+    WHERE verdict = 'hold';
 CREATE INDEX IF NOT EXISTS decisions_reviewed ON decisions(review, reviewed_at);
 CREATE TABLE IF NOT EXISTS decision_findings (
     message_id TEXT NOT NULL,
@@ -50,8 +52,54 @@ CREATE TABLE IF NOT EXISTS decision_findings (
     action TEXT NOT NULL,
     PRIMARY KEY (message_id, rule)
 );
-CREATE INDEX IF NOT EXISTS decision_findings_days
-    ON decision_findings(day, rule, article, message_id);
+CREATE INDEX IF NOT EXISTS decision_findings_day ON decision_findings(day);
+-- Per-day counts, kept by the triggers below in the record's own transaction;
+-- article 0 stands for the rules outside the articles.
+CREATE TABLE IF NOT EXISTS decision_days (
+    day TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    messages INTEGER NOT NULL,
+    PRIMARY KEY (day, verdict, outcome)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rule_days (
+    day TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    article INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    PRIMARY KEY (day, rule)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS article_days (
+    day TEXT NOT NULL,
+    article INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    PRIMARY KEY (day, article)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS decision_counted AFTER INSERT ON decisions BEGIN
+    INSERT INTO decision_days (day, verdict, outcome, messages)
+    VALUES (NEW.day, NEW.verdict, NEW.outcome, 1)
+    ON CONFLICT (day, verdict, outcome) DO UPDATE SET messages = messages + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS decision_recounted AFTER UPDATE OF outcome ON decisions
+WHEN OLD.outcome IS NOT NEW.outcome BEGIN
+    UPDATE decision_days SET messages = messages - 1
+    WHERE day = OLD.day AND verdict = OLD.verdict AND outcome = OLD.outcome;
+    INSERT INTO decision_days (day, verdict, outcome, messages)
+    VALUES (NEW.day, NEW.verdict, NEW.outcome, 1)
+    ON CONFLICT (day, verdict, outcome) DO UPDATE SET messages = messages + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS finding_counted AFTER INSERT ON decision_findings BEGIN
+    INSERT INTO rule_days (day, rule, article, messages)
+    VALUES (NEW.day, NEW.rule, COALESCE(NEW.article, 0), 1)
+    ON CONFLICT (day, rule) DO UPDATE SET messages = messages + 1;
+    -- A message counts once per article, whatever its number of rules there.
+    INSERT INTO article_days (day, article, messages)
+    SELECT NEW.day, COALESCE(NEW.article, 0), 1
+    WHERE NOT EXISTS (
+        SELECT 1 FROM decision_findings WHERE message_id = NEW.message_id
+        AND rule != NEW.rule AND COALESCE(article, 0) = COALESCE(NEW.article, 0))
+    ON CONFLICT (day, article) DO UPDATE SET messages = messages + 1;
+END;
 CREATE TABLE IF NOT EXISTS charter_versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -205,7 +253,8 @@ def prune_in(db: sqlite3.Connection, before: float) -> int:
     stays (it is what the first kept records were decided under)."""
     cutoff = local_day(before)
     removed = db.execute("DELETE FROM decisions WHERE day < ?", (cutoff,)).rowcount
-    db.execute("DELETE FROM decision_findings WHERE day < ?", (cutoff,))
+    for table in ("decision_findings", "decision_days", "rule_days", "article_days"):
+        db.execute(f"DELETE FROM {table} WHERE day < ?", (cutoff,))
     db.execute(
         "DELETE FROM charter_versions WHERE at < ? AND seq < ("
         " SELECT COALESCE(MAX(seq), 0) FROM charter_versions WHERE at < ?)",

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import httpx
@@ -457,3 +458,39 @@ async def test_the_proxy_records_forwarded_held_and_refused_messages(
     finally:
         store.close()
     assert versions == 1 and len(held_state) == 1
+
+
+def test_the_per_day_counts_agree_with_the_records_after_deliveries_reviews_and_pruning(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "var")
+    try:
+        fill(store, time.time() - 30 * 86400)
+        fill(store, time.time() - 420 * 86400, prefix="y")  # records of the year before
+        with store._transaction() as db:
+            records.prune_in(db, time.time() - 400 * 86400)
+
+        def both(summary: str, direct: str) -> tuple[list[Any], list[Any]]:
+            return (
+                sorted(store.read(lambda db: db.execute(summary).fetchall())),
+                sorted(store.read(lambda db: db.execute(direct).fetchall())),
+            )
+
+        days, direct_days = both(
+            "SELECT day, verdict, outcome, messages FROM decision_days WHERE messages > 0",
+            "SELECT day, verdict, outcome, COUNT(*) FROM decisions GROUP BY 1, 2, 3",
+        )
+        rules, direct_rules = both(
+            "SELECT day, rule, messages FROM rule_days",
+            "SELECT day, rule, COUNT(*) FROM decision_findings GROUP BY 1, 2",
+        )
+        articles, direct_articles = both(
+            "SELECT day, article, messages FROM article_days",
+            "SELECT day, COALESCE(article, 0), COUNT(DISTINCT message_id)"
+            " FROM decision_findings GROUP BY 1, 2",
+        )
+    finally:
+        store.close()
+    assert days == direct_days and len(days) > 10
+    assert rules == direct_rules and articles == direct_articles
+    assert min(day for day, *_ in days) >= records.local_day(time.time() - 400 * 86400)
