@@ -90,12 +90,24 @@ def _clean(chart: pygal.graph.graph.Graph, label: str, color: int = 0) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+# The same figures draw the same chart: a page shown again (reloaded, the
+# other language, another reviewer) while no message came meanwhile reuses it.
+CACHED_CHARTS = 64
+
+
 def daily_chart(
     days: Sequence[str],
     series: Sequence[tuple[str, Sequence[int]]],
     label: str,
 ) -> str:
     """Stacked bars per day (forwarded, held, refused)."""
+    return _daily_chart(tuple(days), tuple((name, tuple(v)) for name, v in series), label)
+
+
+@functools.lru_cache(maxsize=CACHED_CHARTS)
+def _daily_chart(
+    days: tuple[str, ...], series: tuple[tuple[str, tuple[int, ...]], ...], label: str
+) -> str:
     few = len(days) <= PRINTED_BARS
     options = {
         "print_values": few,
@@ -123,6 +135,11 @@ def daily_chart(
 def bar_chart(items: Sequence[tuple[str, int]], label: str, color: int = NEUTRAL_INDEX) -> str:
     """Horizontal bars, one per item (an article, a rule, a sender), in the
     colour of `color` (an index in the palette)."""
+    return _bar_chart(tuple(items), label, color)
+
+
+@functools.lru_cache(maxsize=CACHED_CHARTS)
+def _bar_chart(items: tuple[tuple[str, int], ...], label: str, color: int) -> str:
     height = max(140, 60 + 26 * len(items))
     chart = pygal.HorizontalBar(_config(print_values=True, show_legend=False, height=height))
     chart.x_labels = [name for name, _ in items]

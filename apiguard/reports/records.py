@@ -40,9 +40,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     reviewed_at REAL
 );
 -- Covering indexes for the figures read from the records themselves.
-CREATE INDEX IF NOT EXISTS decisions_flagged ON decisions(verdict, day, sender, software);
-CREATE INDEX IF NOT EXISTS decisions_held ON decisions(day, review, reviewed_at, at)
-    WHERE verdict = 'hold';
+CREATE INDEX IF NOT EXISTS decisions_flagged
+    ON decisions(verdict, day, sender, software, review, reviewed_at, at);
 CREATE INDEX IF NOT EXISTS decisions_reviewed ON decisions(review, reviewed_at);
 CREATE TABLE IF NOT EXISTS decision_findings (
     message_id TEXT NOT NULL,
