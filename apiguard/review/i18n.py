@@ -49,6 +49,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "commentaire ; le contenu du message sera effacé. Cette décision est définitive.",
         "confirm.submit": "Confirmer le refus",
         "confirm.back": "Ne pas refuser, revenir à la liste",
+        "confirm.bulk_title": "Refuser ces {n} message(s) ?",
+        "confirm.bulk_text": "Chaque expéditeur recevra un avis de refus avec les motifs et votre "
+        "commentaire ; le contenu des messages sera effacé. Cette décision est définitive.",
+        "confirm.bulk_submit": "Confirmer le refus de {n} message(s)",
         "open": "Ouvrir",
         "release": "Libérer",
         "reject": "Refuser",
@@ -183,6 +187,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "comment; the message content will be erased. This decision is final.",
         "confirm.submit": "Confirm the rejection",
         "confirm.back": "Do not reject, back to the list",
+        "confirm.bulk_title": "Reject these {n} message(s)?",
+        "confirm.bulk_text": "Each sender will get a rejection notice with the reasons and your "
+        "comment; the messages' content will be erased. This decision is final.",
+        "confirm.bulk_submit": "Confirm the rejection of {n} message(s)",
         "open": "Open",
         "release": "Release",
         "reject": "Reject",

@@ -434,6 +434,15 @@ class ReviewApp:
             return self._forbidden(request)
         if not ids:
             self._flash(request, "warn", "flash.none_selected")
+        elif verb == "reject" and form.get("confirmed") != "yes":
+            # Refusing is final and tells each sender: asked again, on a page of its own.
+            found = [await self.store.run(self.store.sync.get, i) for i in ids]
+            held = [m for m in found if m is not None and m.state is MessageState.HELD]
+            return self._render(
+                request,
+                "confirm_bulk.html",
+                {"messages": held, "comment": comment, "next": _safe_next(form.get("next"))},
+            )
         else:
             many = self.service.release_many if verb == "release" else self.service.reject_many
             results = await self.store.run(many, ids, user, comment)

@@ -494,3 +494,16 @@ def test_the_per_day_counts_agree_with_the_records_after_deliveries_reviews_and_
     assert days == direct_days and len(days) > 10
     assert rules == direct_rules and articles == direct_articles
     assert min(day for day, *_ in days) >= records.local_day(time.time() - 400 * 86400)
+
+
+async def test_the_dashboard_speaks_english_on_the_english_page(board: Board) -> None:
+    await _login(board.client)
+    page = (await board.client.get("/dashboard")).text
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    await board.client.post("/lang", data={"csrf": token.group(1), "lang": "en", "next": "/"})
+    english = (await board.client.get("/dashboard")).text
+    for words in ("<h1>Dashboard</h1>", "Decisions per day", "Findings by rule", "Delivery queue"):
+        assert words in english
+    for french in ("Tableau de bord</h1>", "Décisions par jour", "Constats par règle"):
+        assert french not in english
