@@ -182,6 +182,15 @@ async def test_the_dashboard_charts_and_tables_show_the_store_s_figures(
             await page.screenshot(path=str(screenshot), full_page=True)
             keep(screenshot)
 
+            # on a phone: nothing scrolls sideways
+            await page.set_viewport_size({"width": 390, "height": 900})
+            widths = await page.evaluate(
+                "() => [document.documentElement.scrollWidth,"
+                " document.documentElement.clientWidth]"
+            )
+            assert widths[0] <= widths[1], widths
+            await page.set_viewport_size({"width": 1280, "height": 900})
+
             # the report download links are there for each format
             for format in ("HTML", "CSV", "JSON", "PDF"):
                 assert await page.get_by_role("link", name=format, exact=True).count() == 2

@@ -507,3 +507,24 @@ async def test_the_dashboard_speaks_english_on_the_english_page(board: Board) ->
         assert words in english
     for french in ("Tableau de bord</h1>", "Décisions par jour", "Constats par règle"):
         assert french not in english
+
+
+async def test_the_upkeep_prunes_at_start_then_once_a_day(tmp_path: Path) -> None:
+    sync = SqliteStore(tmp_path / "var")
+    store = AsyncStore(sync)
+    clock = [time.time()]
+    upkeep = ReportUpkeep(store, 30, {"rules": {}}, clock=lambda: clock[0])
+    try:
+        fill(sync, clock[0] - 80 * 86400)  # every record older than 30 days
+        await upkeep.start()
+        assert counted(sync, "SELECT COUNT(*) FROM decisions") == 0
+        fill(sync, clock[0] - 80 * 86400, prefix="again")
+        clock[0] += 3600
+        await upkeep.tick()  # an hour later: not yet
+        assert counted(sync, "SELECT COUNT(*) FROM decisions") > 0
+        clock[0] += 86400
+        await upkeep.tick()  # a day later
+        assert counted(sync, "SELECT COUNT(*) FROM decisions") == 0
+        assert counted(sync, "SELECT COUNT(*) FROM decision_days") == 0
+    finally:
+        await store.close()
