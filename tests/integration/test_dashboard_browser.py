@@ -185,8 +185,7 @@ async def test_the_dashboard_charts_and_tables_show_the_store_s_figures(
             # on a phone: nothing scrolls sideways
             await page.set_viewport_size({"width": 390, "height": 900})
             widths = await page.evaluate(
-                "() => [document.documentElement.scrollWidth,"
-                " document.documentElement.clientWidth]"
+                "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
             )
             assert widths[0] <= widths[1], widths
             await page.set_viewport_size({"width": 1280, "height": 900})
