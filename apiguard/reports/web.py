@@ -34,9 +34,12 @@ Guard = Callable[[Handler], Callable[[Request], Awaitable[Response]]]
 Renderer = Callable[..., Response]
 
 
-def dashboard_routes(guard: Guard, render_page: Renderer, store: AsyncStore) -> list[Route]:
-    """The routes, given the application's login guard and page renderer."""
-    board = Dashboard(render_page, store)
+def dashboard_routes(
+    guard: Guard, render_page: Renderer, language: Callable[[Request], str], store: AsyncStore
+) -> list[Route]:
+    """The routes, given the application's login guard, page renderer and the
+    reader's language."""
+    board = Dashboard(render_page, language, store)
     return [
         Route("/dashboard", guard(board.page), methods=["GET"]),
         Route("/dashboard/report", guard(board.report), methods=["GET"]),
@@ -55,8 +58,11 @@ def months_before(today: str, count: int) -> list[str]:
 
 
 class Dashboard:
-    def __init__(self, render_page: Renderer, store: AsyncStore) -> None:
+    def __init__(
+        self, render_page: Renderer, language: Callable[[Request], str], store: AsyncStore
+    ) -> None:
         self.render_page = render_page
+        self.language = language
         self.store = store
 
     async def page(self, request: Request, user: str) -> Response:
@@ -68,7 +74,7 @@ class Dashboard:
         now = time.time()
         period = Period.last_days(days, now)
         figures = await self.store.run(self.store.sync.read, lambda db: figures_in(db, period))
-        lang = str(request.session.get("lang") or "fr")
+        lang = self.language(request)
         log.info("review.dashboard_viewed", actor=user, days=days)
         return self.render_page(
             request,

@@ -155,7 +155,7 @@ class ReviewApp:
             Route("/messages/{id}/{verb}", self._action(self.act_on_one), methods=["POST"]),
             Route("/bulk", self._action(self.act_on_many), methods=["POST"]),
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
-            *dashboard_routes(self._page, self._render, self.store),
+            *dashboard_routes(self._page, self._render, self._lang, self.store),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
