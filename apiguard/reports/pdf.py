@@ -56,6 +56,9 @@ def _daily(report: MonthlyReport) -> Drawing:
     chart.categoryAxis.categoryNames = [d.day[8:] for d in days]
     chart.categoryAxis.labels.fontSize = 6
     chart.valueAxis.valueMin = 0
+    highest = max((d.forwarded + d.held + d.refused for d in days), default=0)
+    chart.valueAxis.valueStep = max(1, -(-highest // 8))  # whole messages
+    chart.valueAxis.valueMax = max(highest, 1)
     chart.valueAxis.labels.fontSize = 6
     for index, color in enumerate(("#1e7b43", "#c26a00", "#a3261b")):
         chart.bars[index].fillColor = colors.HexColor(color)

@@ -271,6 +271,8 @@ def test_the_html_report_shows_the_store_s_totals_and_everything_the_charter_ask
             rules,
         ), rule
     assert "<svg" in html and "<script" not in html
+    style = html.split("<style>", 1)[1].split("</style>", 1)[0]  # the charts' colours
+    assert "svg.pygal-chart" in style and "&gt;" not in style
     # the review actions (who, when, how many) and the expired message
     actions = html.split('<table id="actions">', 1)[1].split("</table>", 1)[0]
     assert "secretariat" in actions and "apiguard" in actions
