@@ -149,8 +149,8 @@ def size_class(size: int) -> str:
 
 def software_of(raw: bytes | None) -> str:
     """The sending software's product name and version ("Thunderbird/115.3"),
-    from X-Mailer or User-Agent: its first product token only, never the
-    comments a client may add (a user or machine name)."""
+    from X-Mailer or User-Agent: the product that names the mailer, never the
+    parenthesised comments a client may add (a user or machine name)."""
     if not raw:
         return ""
     head = raw[:_HEADER_SCAN]
