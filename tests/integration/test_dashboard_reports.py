@@ -380,6 +380,8 @@ async def test_the_dashboard_shows_the_figures_with_no_script_and_a_strict_csp(
     assert "<script" not in html and "<style" not in html and " style=" not in html
     assert "Tableau de bord" in html and "Décisions par jour" in html
     assert "labo@bio.mssante.fr" in html  # the sender with the most holds
+    review = html.split('<table id="review-table"', 1)[1].split("</table>", 1)[0]
+    assert re.search(r"il y a \d+ j \d+ h", review)  # the oldest held message's age
     css = await board.client.get("/dashboard/charts.css")
     assert css.status_code == 200 and "svg.pygal-chart" in css.text
 
