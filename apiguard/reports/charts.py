@@ -140,6 +140,7 @@ def bar_chart(items: Sequence[tuple[str, int]], label: str, color: int = NEUTRAL
 
 @functools.lru_cache(maxsize=CACHED_CHARTS)
 def _bar_chart(items: tuple[tuple[str, int], ...], label: str, color: int) -> str:
+    items = items[::-1]  # pygal draws the first bar at the bottom: the table's order, top down
     height = max(140, 60 + 26 * len(items))
     chart = pygal.HorizontalBar(_config(print_values=True, show_legend=False, height=height))
     chart.x_labels = [name for name, _ in items]
