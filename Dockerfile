@@ -25,7 +25,7 @@ COPY config/docker.toml /etc/apiguard/apiguard.toml
 USER 10025:10025
 WORKDIR /var/lib/apiguard
 VOLUME ["/var/lib/apiguard"]
-EXPOSE 2525 2465 9025
+EXPOSE 2525 2465 8025 9025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9025/readyz', timeout=4).status != 200)"]
 STOPSIGNAL SIGTERM

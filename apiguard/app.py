@@ -25,6 +25,8 @@ from apiguard.policy.rules.lookalike import known_correspondents
 from apiguard.relay.base import Relay
 from apiguard.relay.maildir import MaildirRelay
 from apiguard.relay.smtp import SmtpRelay
+from apiguard.reports.charter import charter_snapshot
+from apiguard.reports.upkeep import ReportUpkeep
 from apiguard.review.service import ReviewService
 from apiguard.smtp.handler import ApiguardHandler
 from apiguard.smtp.listeners import SmtpListeners
@@ -121,6 +123,9 @@ class Application:
             self.store.sync, self.identity, hold_days=settings.review.hold_days
         )
         self.review_web: ReviewServer | None = None
+        self.reports = ReportUpkeep(
+            self.store, settings.reports.retention_days, charter_snapshot(self.charter, settings)
+        )
         self._expiry: asyncio.Task[None] | None = None
 
     @property
@@ -173,6 +178,7 @@ class Application:
         dropped = await self.store.run(self.volume.recover)
         if dropped:
             log.info("volume.recovered", dropped=dropped)
+        await self.reports.start()
         await self.delivery.start()
         log.info(
             "app.started",
@@ -213,6 +219,10 @@ class Application:
                 if any(result.done for result in expired):
                     log.info("review.expired", messages=sum(r.done for r in expired))
                     self.delivery.wake()
+            try:
+                await self.reports.tick()  # prunes the decision records daily
+            except Exception as error:
+                log.error("reports.prune_failed", error=type(error).__name__)
             await asyncio.sleep(EXPIRY_INTERVAL)
 
     async def stop(self) -> None:

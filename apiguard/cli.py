@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (circuit_list, circuit_close):
         sub.add_argument("--config", default=argparse.SUPPRESS)
         sub.add_argument("--json", action="store_true")
+    from apiguard.reports.command import add_arguments as report_arguments
+
+    report_arguments(
+        commands.add_parser("report", help="the monthly charter report (html, csv, json, pdf)")
+    )
     for name in ("show", "release", "reject", "cancel"):
         sub = actions.add_parser(name)
         sub.add_argument("id")
@@ -355,11 +360,7 @@ def _review(args: argparse.Namespace) -> int:
         elif result.outcome is ReviewOutcome.NOT_FOUND:
             print(f"{args.id}: message inconnu / unknown message", file=sys.stderr)
         elif result.outcome is ReviewOutcome.TOO_LATE:
-            print(
-                f"{args.id}: trop tard, l'envoi a commencé ou le délai est passé ({result.state})"
-                " / too late: sending has begun",
-                file=sys.stderr,
-            )
+            print(f"{args.id}: {_cannot_cancel(result.state)}", file=sys.stderr)
         else:
             print(
                 f"{args.id}: ce message n'est pas en attente ({result.state}) / "
@@ -369,6 +370,19 @@ def _review(args: argparse.Namespace) -> int:
         return EXIT_OK if result.outcome is ReviewOutcome.DONE else EXIT_ERROR
     finally:
         store.close()
+
+
+def _cannot_cancel(state: str) -> str:
+    """Why a letter cannot be cancelled, by the state it is in."""
+    return {
+        "cancelled": "l'envoi est déjà annulé / sending was already cancelled",
+        "rejected": "ce message a été refusé, il ne partira pas / this message was refused,"
+        " it will not be sent",
+        "held": "ce message est retenu pour relecture : libérez-le ou refusez-le"
+        " (apiguard review release|reject) / this message is held for review:"
+        " release or reject it",
+        "done": "trop tard, le message est parti / too late: the message has been sent",
+    }.get(state, "trop tard, l'envoi a commencé / too late: sending has begun")
 
 
 def _circuit(args: argparse.Namespace, settings: Settings) -> int:
@@ -511,6 +525,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from apiguard.queue_cli import run
 
             return run(args)
+        if args.command == "report":
+            from apiguard.reports import command
+
+            try:
+                return command.run(args, _settings(args.config))
+            except command.ReportUsageError as error:
+                raise UsageError(str(error)) from None
     except UsageError as error:
         print(f"apiguard: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -273,6 +273,13 @@ class ReviewSettings(Section):
         return self
 
 
+class ReportSettings(Section):
+    """The decision records behind the dashboard and the monthly report: kept
+    `retention_days`, then pruned (at start and daily)."""
+
+    retention_days: int = Field(default=400, ge=1)
+
+
 class AlertSettings(Section):
     """Who hears about incidents (a sender's circuit opening); empty: nobody but
     the sender."""
@@ -314,6 +321,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = Field(default_factory=OpsSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
     charter: CharterSettings = Field(default_factory=CharterSettings)
 
     @property

@@ -298,8 +298,10 @@ Motif(s) :
 
 Que faire : une personne du cabinet va le relire, puis l'envoyer ou le refuser \
 (page de relecture, ou `apiguard review release {message_id}`). Sans décision dans \
-les {days} jours, il sera refusé automatiquement. Si le message n'aurait pas dû partir, \
-demandez son refus ; sinon, corrigez-le et renvoyez-le."""
+les {days} jours, il sera refusé automatiquement.
+Ne le renvoyez pas en attendant : une seconde copie serait retenue elle aussi. S'il \
+ne devait pas partir, ou s'il faut le corriger, demandez à la personne qui relit les \
+messages du cabinet de le refuser ; vous pourrez ensuite envoyer la version corrigée."""
     text_en = f"""Hello,
 
 Your message (apiguard id {message_id}, received {_when(arrival)}, for {len(recipients)} \
@@ -310,7 +312,10 @@ Reason(s):
 
 What to do: someone at the practice will review it, then send or refuse it (review page, \
 or `apiguard review release {message_id}`). Without a decision within {days} days it will \
-be refused automatically."""
+be refused automatically.
+Do not send it again meanwhile: a second copy would be held too. If it should not have \
+gone out, or needs correcting, ask the person who reviews the practice's messages to \
+refuse it; you can then send the corrected version."""
     first = holding[0] if holding else None
     diagnostic = f"smtp; 250 2.0.0 held for review ({first.rule if first else 'charter'})"
     return build_report(

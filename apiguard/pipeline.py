@@ -29,6 +29,7 @@ from apiguard.notice_targets import NoticeTargets
 from apiguard.notices import NoticeIdentity, circuit_alert, hold_notice, reject_notice
 from apiguard.policy.charter import Charter
 from apiguard.policy.verdict import Decision, Verdict
+from apiguard.reports.records import software_of
 from apiguard.smtp import replies
 from apiguard.smtp.replies import Reply
 from apiguard.store.aio import AsyncStore
@@ -407,6 +408,7 @@ class Pipeline:
             findings=decision.findings,
             # The grace period ("undo send"): forwarded mail waits `review.send_delay`.
             not_before=now + self.settings.review.send_delay,
+            software=software_of(raw),
         )
         notices: list[NewMessage] = []
         if not envelope.is_notification:

@@ -32,6 +32,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiguard.config import ReviewSettings
+from apiguard.reports.web import dashboard_routes
 from apiguard.review import i18n
 from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
@@ -40,6 +41,7 @@ from apiguard.review.queue import QueueService
 from apiguard.review.queue_web import QueueViews
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
 from apiguard.review.sessions import ReviewSessions
+from apiguard.review.subjects import held_subjects
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
 from apiguard.throttle import FailureThrottle
@@ -166,6 +168,7 @@ class ReviewApp:
                 self._page(self.download),
                 methods=["GET"],
             ),
+            Route("/messages/{id}/reject", self._page(self.confirm_reject), methods=["GET"]),
             Route("/messages/{id}/{verb}", self._action(self.act_on_one), methods=["POST"]),
             Route("/bulk", self._action(self.act_on_many), methods=["POST"]),
             Route("/circuits/close", self._action(self.close_circuit), methods=["POST"]),
@@ -175,6 +178,7 @@ class ReviewApp:
             Route("/queue/{id}/retry", self._action(self.queue.retry), methods=["POST"]),
             Route("/queue/{id}/delete", self._page(self.queue.confirm_delete), methods=["GET"]),
             Route("/queue/{id}/delete", self._action(self.queue.delete), methods=["POST"]),
+            *dashboard_routes(self._page, self._render, self._lang, self.store),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
 
@@ -320,6 +324,9 @@ class ReviewApp:
             self.service.held_page, page, self.settings.page_size, rule=rule, sender=sender
         )
         pending = await self.store.run(self.service.cancellable, PENDING_SHOWN)
+        subjects = await self.store.run(
+            held_subjects, self.store.sync, [m.id for m in held.messages]
+        )
         circuits = await self.store.run(self.circuits.circuits) if self.circuits else None
 
         def page_link(number: int) -> str:
@@ -334,6 +341,7 @@ class ReviewApp:
                 "rule": rule or "",
                 "sender": sender or "",
                 "pending": pending,
+                "subjects": subjects,
                 "circuits": circuits,
                 "expires_at": self.service.expires_at,
                 "page_link": page_link,
@@ -362,6 +370,25 @@ class ReviewApp:
                 "held": message.state is MessageState.HELD,
                 "cancellable": cancellable,
                 "expires_at": self.service.expires_at(message),
+            },
+        )
+
+    async def confirm_reject(self, request: Request, user: str) -> Response:
+        """Refusing from the list is asked again, on a page of its own (no script)."""
+        message_id = request.path_params["id"]
+        message = await self.store.run(self.store.sync.get, message_id)
+        if message is None:
+            return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
+        if message.state is not MessageState.HELD:
+            return RedirectResponse(f"/messages/{message.id}", status_code=303)
+        subjects = await self.store.run(held_subjects, self.store.sync, [message.id])
+        return self._render(
+            request,
+            "confirm_reject.html",
+            {
+                "message": message,
+                "subject": subjects.get(message.id, ""),
+                "next": _safe_next(request.query_params.get("next")),
             },
         )
 
@@ -401,6 +428,8 @@ class ReviewApp:
         if verb == "cancel":
             if done:
                 self._flash(request, "ok", "flash.cancelled")
+            elif results and results[0].state == "cancelled":
+                self._flash(request, "warn", "flash.already_cancelled")
             else:
                 self._flash(request, "warn", "flash.too_late")
             return
@@ -438,6 +467,15 @@ class ReviewApp:
             return self._forbidden(request)
         if not ids:
             self._flash(request, "warn", "flash.none_selected")
+        elif verb == "reject" and form.get("confirmed") != "yes":
+            # Refusing is final and tells each sender: asked again, on a page of its own.
+            found = [await self.store.run(self.store.sync.get, i) for i in ids]
+            held = [m for m in found if m is not None and m.state is MessageState.HELD]
+            return self._render(
+                request,
+                "confirm_bulk.html",
+                {"messages": held, "comment": comment, "next": _safe_next(form.get("next"))},
+            )
         else:
             many = self.service.release_many if verb == "release" else self.service.reject_many
             results = await self.store.run(many, ids, user, comment)

@@ -68,6 +68,7 @@ class NewMessage:
     not_before: float | None = None
     related_id: str | None = None
     spooled: bool = False  # the content is in its spool file already, not in `raw`
+    software: str = ""  # the sending software's product name (decision record)
 
 
 @dataclass(frozen=True, slots=True)

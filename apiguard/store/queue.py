@@ -83,7 +83,7 @@ class QueueStore:
         return self.store.count_messages(MessageState.QUEUED)
 
     def attempts(self, message_id: str) -> list[DeliveryAttempt]:
-        rows = self.store.read(
+        rows = self.store.query(
             "SELECT rcpt, at, outcome, reason FROM delivery_attempts"
             " WHERE message_id = ? ORDER BY seq",
             (message_id,),

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from apiguard.policy.verdict import Finding
+from apiguard.reports import records
 from apiguard.store.base import (
     AuditEntry,
     DeliveryJob,
@@ -102,6 +103,7 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
 CREATE INDEX IF NOT EXISTS delivery_attempts_message ON delivery_attempts(message_id, seq);
 """
 
+T = TypeVar("T")
 _PENDING = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value)
 # Claimable once due: pending, or being sent under a lease that ran out (an
 # attempt whose outcome was never recorded).
@@ -188,6 +190,7 @@ class SqliteStore:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._db.executescript(SCHEMA)
+                self._db.executescript(records.SCHEMA)
                 secure_directory(self.spool)
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"{self.path}: {error}") from error
@@ -252,6 +255,19 @@ class SqliteStore:
         if raw is not None:
             self._recent_bytes -= len(raw)
 
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the database in one read transaction (a consistent
+        view: the dashboard's and the report's figures)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    return work(self._db)
+                finally:
+                    self._db.execute("ROLLBACK")
+            except sqlite3.Error as error:
+                raise StoreError(str(error)) from error
+
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
@@ -260,7 +276,7 @@ class SqliteStore:
             except sqlite3.Error as error:
                 raise StoreError(str(error)) from error
 
-    def read(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         """A query for the store's companion modules (the queue's, the volume's)."""
         return self._read(sql, args)
 
@@ -452,6 +468,7 @@ class SqliteStore:
         """Insert one accepted message and its notices inside the caller's
         transaction, then run `follow_up` there; returns its result."""
         self._insert(db, message)
+        records.record_in(db, message)
         for notice in notices:
             self._insert(db, notice)
         return follow_up(db) if follow_up is not None else None
@@ -610,6 +627,7 @@ class SqliteStore:
         for hook in self.completion_hooks:
             hook(db, message_id, outcomes)
         self._finish_if_final(db, message_id)
+        records.delivery_settled_in(db, message_id, now)
 
     def _finish_if_final(self, db: sqlite3.Connection, message_id: str) -> None:
         open_count = db.execute(
@@ -826,6 +844,7 @@ class SqliteStore:
                 "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
                 (message_id, now, actor, "cancel", comment),
             )
+            records.reviewed_in(db, message_id, "cancel", actor, now)
             self.drop_content(db, message_id)
         return True
 
@@ -862,6 +881,7 @@ class SqliteStore:
                 "INSERT INTO audit (message_id, at, actor, action, comment) VALUES (?, ?, ?, ?, ?)",
                 (message_id, now, actor, action, comment),
             )
+            records.reviewed_in(db, message_id, action, actor, now)
             for notice in notices:
                 self._insert(db, notice)
             if to_state is not MessageState.QUEUED:

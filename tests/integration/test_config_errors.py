@@ -177,7 +177,9 @@ def test_the_container_configuration_waits_only_for_its_users(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"require_auth: listening on '0\.0\.0\.0'"):
         load_settings(CONTAINER_CONFIG)
     text = CONTAINER_CONFIG.read_text()
-    for line in ("[smtp.users.secretariat]", "password_hash = ", "senders = "):
+    lines = ("[smtp.users.secretariat]", "password_hash = ", "senders = ", "[review.users]")
+    lines += ('secretariat = "scrypt',)
+    for line in lines:
         assert f"# {line}" in text
         text = text.replace(f"# {line}", line)
     text = text.replace("scrypt:32768:8:1$...$...", hash_password("demo"))
@@ -191,3 +193,9 @@ def test_the_container_configuration_waits_only_for_its_users(tmp_path: Path) ->
         2465,
         9025,
     )
+    # the review page the compose file publishes on the host's loopback
+    assert settings.review.enabled and (settings.review.host, settings.review.port) == (
+        "0.0.0.0",
+        8025,
+    )
+    assert list(settings.review.users) == ["secretariat"]

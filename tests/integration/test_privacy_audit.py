@@ -1,7 +1,8 @@
 """Privacy audit: distinctive synthetic patient data through every path of the
 running proxy (forward, hold, release, reject at DATA, reviewer reject, relay
 5xx bounce, delivery expiry, quarantine expiry), then a search of every log
-line, every metric, every SMTP reply and every notice for it. Notices may name
+line, every metric, every SMTP reply, every notice, the decision records, the
+dashboard and the monthly report in every format for it. Notices may name
 the rule and the record, never the values. The store is 0600 files in 0700
 folders."""
 
@@ -10,19 +11,30 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import io
 import json
 import logging
 import stat
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import httpx
+import pypdf
 import pytest
 import structlog
 
 import apiguard.app
 from apiguard import metrics
+from apiguard.config import ReviewSettings
+from apiguard.notices import NoticeIdentity
+from apiguard.review.auth import hash_password
+from apiguard.review.service import ReviewService
+from apiguard.review.web import create_app
+from apiguard.store.aio import AsyncStore
+from apiguard.store.sqlite import SqliteStore
 from tests.support import Sink, eventually, proxy_settings, running_proxy
 
 SENDER = "dr.martin@medical13.apicrypt.org"
@@ -151,6 +163,49 @@ def message_id(reply: str) -> str:
     return reply.split()[-1]
 
 
+async def dashboard_and_reports(storage: Path) -> dict[str, str]:
+    """Everything the decision records hold and the dashboard and the monthly
+    report show (HTML, CSV, JSON, the PDF's text), by what it is."""
+    sync = SqliteStore(storage)
+    texts: dict[str, str] = {}
+    for table in ("decisions", "decision_findings", "charter_versions"):
+        rows = sync.read(lambda db, t=table: db.execute(f"SELECT * FROM {t}").fetchall())
+        assert rows, f"{table} is empty: nothing to search"
+        texts[f"{table} table"] = json.dumps(rows, ensure_ascii=False, default=str)
+    store = AsyncStore(sync)
+    users = {"audit": hash_password("audit password", n=1024)}
+    app = create_app(
+        ReviewService(sync, NoticeIdentity()), store, ReviewSettings(users=users), secret="s" * 48
+    )
+    month = time.strftime("%Y-%m")
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit.test") as client:
+            login = (await client.get("/login")).text
+            token = login.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            await client.post(
+                "/login", data={"csrf": token, "name": "audit", "password": "audit password"}
+            )
+            for days in (30, 365):
+                page = await client.get("/dashboard", params={"days": str(days)})
+                assert page.status_code == 200 and "<svg" in page.text
+                texts[f"dashboard {days} days"] = page.text
+            for format in ("html", "csv", "json", "pdf"):
+                report = await client.get(
+                    "/dashboard/report", params={"month": month, "format": format}
+                )
+                assert report.status_code == 200
+                if format == "pdf":
+                    pages = pypdf.PdfReader(io.BytesIO(report.content)).pages
+                    texts["report pdf"] = "\n".join(p.extract_text() for p in pages)
+                else:
+                    texts[f"report {format}"] = report.text
+    finally:
+        await store.close()
+    assert '"messages": 5' in texts["report json"]  # 1 forwarded, 1 refused, 3 held
+    return texts
+
+
 async def test_no_patient_data_leaves_the_message(
     sink: Sink, storage: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -222,6 +277,9 @@ async def test_no_patient_data_leaves_the_message(
     for body in bodies:
         if hit := leaks(body):
             found.setdefault("notice", []).extend(hit)
+    for what, text in (await dashboard_and_reports(storage)).items():
+        if hit := leaks(text):
+            found.setdefault(what, []).extend(hit)
     assert found == {}
     assert len(logs) > 20  # the search had something to search
     # the audit values really were in what was delivered (the search can find them)

@@ -124,10 +124,14 @@ async def test_a_reviewer_signs_in_releases_one_held_message_and_rejects_another
                 assert delivered.rcpt_tos == [COLLEAGUE]
                 assert b"CR-2026-1" in delivered.data
 
-                # Back to the list: reject the other one from its row.
+                # Back to the list: reject the other one from its row, which asks first.
                 await page.get_by_role("link", name="Retour à la liste").click()
                 other = page.locator(f"#m-{rejected_id}")
-                await other.get_by_role("button", name="Refuser").click()
+                await other.get_by_role("link", name="Refuser").click()
+                await expect(page.get_by_role("heading", level=1)).to_have_text(
+                    "Refuser ce message ?"
+                )
+                await page.get_by_role("button", name="Confirmer le refus").click()
                 await expect(page.locator(".flash")).to_contain_text("1 message(s) refusé(s)")
                 await expect(
                     page.get_by_text("Aucun message en attente de relecture.")

@@ -8,6 +8,7 @@ commercial offers) does not belong on it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import Field
@@ -63,6 +64,49 @@ class ScoredPhrasesRule(Rule):
         return score if score.total >= threshold else None
 
 
+# The packaged signals' names in French, for the French text of a finding (a
+# practice's own signals keep the name it gave them).
+SIGNALS_FR = {
+    "greetings": "vœux",
+    "personal-news": "nouvelles personnelles",
+    "jokes": "blagues",
+    "chain-letter": "chaîne",
+    "newsletter": "lettre d'information",
+    "commercial": "offre commerciale",
+    "unsubscribe": "lien de désabonnement",
+    "invitation": "invitation",
+    "training": "formation",
+    "webinar": "webinaire",
+    "meeting": "réunion",
+    "congress": "congrès",
+    "questionnaire": "questionnaire",
+    "moving": "changement d'adresse",
+    "opening-closing": "ouverture ou fermeture",
+    "retirement": "départ en retraite",
+    "replacement": "remplacement",
+    # What a message's structure shows (`apiguard.shape`).
+    "leisure": "loisirs",
+    "family": "famille",
+    "social-plans": "sorties entre amis",
+    "affection": "formules affectueuses",
+    "sender-practice": "le cabinet parle de lui",
+    "change": "changement",
+    "event": "événement",
+    "call-to-action": "demande d'agir",
+    "to-all": "adressé à tous",
+}
+
+
+def names_fr(names: Iterable[str]) -> str:
+    """Signal or feature names, in French."""
+    return ", ".join(SIGNALS_FR.get(name, name) for name in names)
+
+
+def signals_fr(score: PhraseScore) -> str:
+    """The signals of a score, named in French."""
+    return names_fr(score.signal_names)
+
+
 def score_details(score: PhraseScore) -> dict[str, str]:
     """Signal names and the score: never the phrases, which quote the message."""
     return {"signals": ",".join(score.signal_names), "score": f"{score.total:g}"}
@@ -107,7 +151,7 @@ class PrivateContent(ScoredPhrasesRule):
         score = self.score(ctx)
         if score is not None:
             signals = ", ".join(score.signal_names)
-            return self._private(signals, signals, score_details(score))
+            return self._private(signals_fr(score), signals, score_details(score))
         if not self.settings.judge_structure:
             return None
         private = ctx.shape.private_paragraphs(names_patient=ctx.patient_data.present)
@@ -118,7 +162,7 @@ class PrivateContent(ScoredPhrasesRule):
         features = sorted({f for p in private for f in p.features if f in PERSONAL_SIGNALS})
         plural = "s" if len(private) > 1 else ""
         return self._private(
-            f"{', '.join(features)} ; paragraphe{plural} {positions} sur {total}",
+            f"{names_fr(features)} ; paragraphe{plural} {positions} sur {total}",
             f"{', '.join(features)}; paragraph{plural} {positions} of {total}",
             {"signals": ",".join(features), "paragraphs": positions, "of": str(total)},
         )

@@ -13,7 +13,13 @@ from pydantic import Field
 
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule, RuleParams
-from apiguard.policy.rules.art1 import ScoredPhrasesParams, ScoredPhrasesRule, score_details
+from apiguard.policy.rules.art1 import (
+    ScoredPhrasesParams,
+    ScoredPhrasesRule,
+    names_fr,
+    score_details,
+    signals_fr,
+)
 from apiguard.policy.verdict import Action, Finding
 
 _RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
@@ -112,15 +118,17 @@ class Announcement(ScoredPhrasesRule):
             action = self.params.action_without_patient_data
         if score is not None:
             signals = ", ".join(score.signal_names)
+            signals_in_french = signals_fr(score)
             label_fr, label_en = "signaux", "signals"
             details = score_details(score)
         else:
             # Judged by what it is: the names of its features, never its words.
             signals = ", ".join(structure)
+            signals_in_french = names_fr(structure)
             label_fr, label_en = "structure", "structure"
             details = {"signals": ",".join(structure), "structure": "yes"}
         return self.finding(
-            f"annonce ou invitation, interdite par la charte ({label_fr} : {signals})",
+            f"annonce ou invitation, interdite par la charte ({label_fr} : {signals_in_french})",
             f"announcement or invitation, forbidden by the charter ({label_en}: {signals})",
             "Les invitations, formations, congrès, questionnaires de thèse, changements "
             "d'adresse, ouvertures, fermetures, arrivées, départs en retraite et "
