@@ -14,6 +14,7 @@ names, which often carry the patient's name.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import re
@@ -27,7 +28,9 @@ from typing import Any
 from xml.etree import ElementTree
 
 import filetype  # type: ignore[import-untyped]
-from pypdf import PdfReader
+import pypdf.filters
+from pypdf import PdfReader, apply_configuration
+from pypdf.errors import LimitReachedError
 from pypdf.generic import (
     ArrayObject,
     ByteStringObject,
@@ -130,7 +133,10 @@ _PDF_RAW_ACTIVE = (
     (b"/Launch", "launch"),
     (b"/EmbeddedFile", "embedded-file"),
 )
-_PDF_TEXT_OPS = re.compile(rb"\((?:[^()\\]|\\.){1,}\)\s*(?:Tj|'|\")|\]\s*TJ")
+# A string shown by Tj, ' or ", or an array shown by TJ. A string starts at a
+# "(" that no backslash escapes: from each escaped "(" of "\\(\\(\\(…" the
+# scan would run to the end of the page (quadratic; a page can inflate to MBs).
+_PDF_TEXT_OPS = re.compile(rb"(?<!\\)\((?:[^()\\]|\\.)++\)\s*(?:Tj|'|\")|\]\s*TJ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +150,57 @@ class AnalysisLimits:
     max_pdf_objects: int = 50_000
     max_text_pages: int = 20
     max_page_content: int = 512 * 1024  # bigger pages: regex for text operators only
+    # Bytes one message's PDF streams and archive entries may inflate to, all
+    # together (a 1.4 MB PDF of twenty pages inflating to 70 MB each cost 12 s
+    # and 1.5 GB). Past it the message waits for a person (`analysis.limits`).
+    max_decompressed: int = 64 * MIB
 
 
 DEFAULT_LIMITS = AnalysisLimits()
+
+
+class DecompressionLimit(Exception):
+    """The message's attachments inflate past `max_decompressed`."""
+
+
+class _Inflated:
+    """What one message's attachments may still inflate to."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.exceeded = False
+
+    def take(self, size: int) -> bool:
+        """Count `size` inflated bytes; False (and exceeded) past the limit."""
+        self.left -= size
+        if self.left < 0:
+            self.exceeded = True
+        return not self.exceeded
+
+
+# The budget of the message being analysed (None outside `analyse_attachments`).
+_INFLATED: contextvars.ContextVar[_Inflated | None] = contextvars.ContextVar(
+    "apiguard_inflated", default=None
+)
+_pypdf_decompress = pypdf.filters.decompress
+
+
+def _counted_decompress(data: bytes) -> bytes:
+    """pypdf's Flate decoding (content, object and font streams alike), counted
+    against the message's budget: pypdf only caps each stream (75 MB)."""
+    inflated = _INFLATED.get()
+    try:
+        out = _pypdf_decompress(data)
+    except LimitReachedError:
+        if inflated is not None:
+            inflated.exceeded = True
+        raise
+    if inflated is not None and not inflated.take(len(out)):
+        raise DecompressionLimit("decompressed bytes over the message's budget")
+    return out
+
+
+pypdf.filters.decompress = _counted_decompress
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +278,8 @@ class AttachmentAnalysis:
     reports: tuple[AttachmentReport, ...] = ()
     cda_patients: tuple[PatientIdentity, ...] = ()
     cda_codes: tuple[str, ...] = ()
+    # The analysis limits reached ("decompressed"): the reports are incomplete.
+    limits_reached: tuple[str, ...] = ()
 
     def all_reports(self) -> Iterator[AttachmentReport]:
         """Attachments and the documents inside their archives, depth first."""
@@ -262,19 +318,25 @@ def analyse_attachments(
     reports: list[AttachmentReport] = []
     patients: list[PatientIdentity] = []
     codes: list[str] = []
-    for number, attachment in enumerate(message.attachments, start=1):
-        report, found = analyse_file(
-            attachment.content,
-            declared_type=attachment.declared_type,
-            extension=attachment.extension,
-            index=number,
-            location=str(number),
-            limits=limits,
-        )
-        reports.append(report)
-        patients.extend(found)
-        codes.extend(c for r in report.walk() if r.detected_type == "cda" for c in r.cda_codes)
-    return AttachmentAnalysis(tuple(reports), tuple(patients), tuple(codes))
+    inflated = _Inflated(limits.max_decompressed)
+    token = _INFLATED.set(inflated)
+    try:
+        for number, attachment in enumerate(message.attachments, start=1):
+            report, found = analyse_file(
+                attachment.content,
+                declared_type=attachment.declared_type,
+                extension=attachment.extension,
+                index=number,
+                location=str(number),
+                limits=limits,
+            )
+            reports.append(report)
+            patients.extend(found)
+            codes.extend(c for r in report.walk() if r.detected_type == "cda" for c in r.cda_codes)
+    finally:
+        _INFLATED.reset(token)
+    reached = ("decompressed",) if inflated.exceeded else ()
+    return AttachmentAnalysis(tuple(reports), tuple(patients), tuple(codes), reached)
 
 
 def analyse_file(
@@ -292,6 +354,8 @@ def analyse_file(
     extension = (extension or "").strip().lower()
     try:
         facts = _judge(content, extension, declared_type, limits, location, depth)
+    except MemoryError:
+        raise  # the worker's memory limit: the message waits for a person
     except Exception:  # hostile input must become a verdict, not a crash
         facts = _Facts(detected="unknown", flags={"unreadable"})
     name_type = _claimed_by_name(extension)
@@ -532,20 +596,42 @@ def _small_entry(archive: zipfile.ZipFile, name: str) -> bytes | None:
 # --- PDF ------------------------------------------------------------------
 
 
+def _stream_caps(left: int) -> dict[str, int]:
+    """pypdf's per-stream output caps, no higher than what the message may
+    still inflate to (so that no single stream is inflated past it)."""
+    cap = max(left, 0) + 1
+    return {
+        "zlib_maximum_output_length": cap,
+        "lzw_maximum_output_length": cap,
+        "run_length_maximum_output_length": cap,
+        "array_based_stream_maximum_output_length": cap,
+        "brotli_maximum_output_length": cap,
+    }
+
+
 def _judge_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
+    inflated = _INFLATED.get()
+    left = inflated.left if inflated is not None else limits.max_decompressed
     try:
-        reader = PdfReader(io.BytesIO(content), strict=False)
-        if reader.is_encrypted and not _opens_without_password(reader):
-            facts.flags.add("encrypted")
-            return
-        facts.signals.update(_pdf_active_signals(reader, limits))
-        facts.flags.add("searchable" if _pdf_has_text(reader, limits) else "not-searchable")
+        with apply_configuration(None, **_stream_caps(left)):
+            _read_pdf(content, facts, limits)
+    except MemoryError:
+        raise
     except Exception:  # a PDF pypdf cannot read is judged on raw bytes
         facts.flags.add("unreadable")
         facts.flags.add("not-searchable")
         facts.signals.update(signal for raw, signal in _PDF_RAW_ACTIVE if raw in content)
         if b"/Encrypt" in content:
             facts.flags.add("encrypted")
+
+
+def _read_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
+    reader = PdfReader(io.BytesIO(content), strict=False)
+    if reader.is_encrypted and not _opens_without_password(reader):
+        facts.flags.add("encrypted")
+        return
+    facts.signals.update(_pdf_active_signals(reader, limits))
+    facts.flags.add("searchable" if _pdf_has_text(reader, limits) else "not-searchable")
 
 
 def _opens_without_password(reader: PdfReader) -> bool:
@@ -772,9 +858,13 @@ def _judge_entries(
 ) -> None:
     """Read each entry within the size budget and judge it like an attachment."""
     budget = limits.max_total_size
+    inflated = _INFLATED.get() or _Inflated(limits.max_decompressed)
     for number, info in enumerate(infos, start=1):
         if info.is_dir() or info.flag_bits & 0x1:
             continue
+        if info.file_size > inflated.left:
+            inflated.take(info.file_size)  # not read: the message waits for a person
+            return
         data = _read_entry(archive, info, min(info.file_size, budget))
         if data is None:
             facts.problems.add("unreadable-archive")
@@ -783,6 +873,8 @@ def _judge_entries(
             facts.problems.add("zip-bomb")
             return
         budget -= len(data)
+        if not inflated.take(len(data)):
+            return
         name = info.filename.replace("\\", "/").lower()
         extension = name.rsplit(".", 1)[1] if "." in name.rsplit("/", 1)[-1] else ""
         report, patients = analyse_file(
