@@ -39,6 +39,7 @@ from pypdf.generic import (
     TextStringObject,
 )
 
+from apiguard.ciphertext import looks_like_ciphertext
 from apiguard.identity import PatientIdentity
 from apiguard.mail import ParsedMessage
 from apiguard.policy.verdict import Finding
@@ -443,12 +444,15 @@ def sniff(content: bytes, extension: str = "", declared_type: str = "") -> str:
 
     The name and declared type only refine what the bytes leave open: a text
     file named `.bat` is a script, a forwarded message is a message, and an
-    unrecognised `.apz` is an opaque APICRYPT payload.
+    `.apz` whose bytes are ciphertext (`apiguard.ciphertext`) is an opaque
+    APICRYPT payload.
     """
     kind = _sniff_bytes(content, extension)
     if kind == "text" and (declared_type == "message/rfc822" or extension == "eml"):
         return "message"
-    if kind in ("text", "unknown") and extension == "apz":
+    # Only real ciphertext is an APICRYPT payload: an executable, a page or a
+    # PDF named `.apz` is what it is (and a disguise: "mismatch").
+    if kind in ("text", "unknown") and extension == "apz" and looks_like_ciphertext(content):
         return "apz"
     return kind
 

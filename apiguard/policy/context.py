@@ -93,10 +93,11 @@ class MessageContext:
 
     @cached_property
     def apicrypt_encrypted(self) -> bool:
-        """The body or an attachment is already APICRYPT-encrypted."""
+        """The body or an attachment is already APICRYPT-encrypted (real
+        ciphertext, not a mere marker or name)."""
         from apiguard.policy.rules.encrypted import apicrypt_encrypted
 
-        return apicrypt_encrypted(self.message)
+        return apicrypt_encrypted(self.message, self.attachments)
 
     def skip_reason(self, rule_id: str) -> str | None:
         """Why a rule cannot judge this message (None: it can).
