@@ -155,6 +155,19 @@ class AnalysisLimits:
     # together (a 1.4 MB PDF of twenty pages inflating to 70 MB each cost 12 s
     # and 1.5 GB). Past it the message waits for a person (`analysis.limits`).
     max_decompressed: int = 64 * MIB
+    # And each PDF stream at most this many times its compressed size (at
+    # least `stream_floor`): text, fonts and object streams deflate 3 to 10
+    # times; a page of 70 MB of spaces, a thousand times.
+    max_stream_ratio: int = 32
+    stream_floor: int = MIB
+    # A PDF's cross-reference entries and the objects of its object streams,
+    # at most: five hundred, plus one per `pdf_bytes_per_object` bytes of
+    # the file (an honest PDF spends far more on each object). pypdf reads
+    # every entry (about 10 µs each) and parses a whole object stream at its
+    # first use (about 40 µs an object): five object streams of 60 000 `null`s
+    # cost 12 s, in 2 MB.
+    pdf_objects_floor: int = 500
+    pdf_bytes_per_object: int = 128
 
 
 DEFAULT_LIMITS = AnalysisLimits()
@@ -167,9 +180,25 @@ class DecompressionLimit(Exception):
 class _Inflated:
     """What one message's attachments may still inflate to."""
 
-    def __init__(self, limit: int) -> None:
-        self.left = limit
-        self.exceeded = False
+    def __init__(self, limits: AnalysisLimits) -> None:
+        self.left = limits.max_decompressed
+        self.ratio = limits.max_stream_ratio
+        self.floor = limits.stream_floor
+        # The limits reached, by name ("decompressed", "pdf-objects").
+        self.reached: set[str] = set()
+
+    @property
+    def exceeded(self) -> bool:
+        return "decompressed" in self.reached
+
+    @exceeded.setter
+    def exceeded(self, value: bool) -> None:
+        if value:
+            self.reached.add("decompressed")
+
+    def stream_cap(self, packed: int) -> int:
+        """What one stream of `packed` bytes may inflate to."""
+        return max(0, min(self.left, max(self.floor, self.ratio * packed)))
 
     def take(self, size: int) -> bool:
         """Count `size` inflated bytes; False (and exceeded) past the limit."""
@@ -187,17 +216,22 @@ _pypdf_decompress = pypdf.filters.decompress
 
 
 def _counted_decompress(data: bytes) -> bytes:
-    """pypdf's Flate decoding (content, object and font streams alike), counted
-    against the message's budget: pypdf only caps each stream (75 MB)."""
+    """pypdf's Flate decoding (content, object and font streams alike), capped
+    by the stream's own size and counted against the message's budget: pypdf
+    alone lets every stream inflate to 75 MB."""
     inflated = _INFLATED.get()
+    if inflated is None:
+        return _pypdf_decompress(data)
+    cap = inflated.stream_cap(len(data))
     try:
-        out = _pypdf_decompress(data)
+        with apply_configuration(None, zlib_maximum_output_length=cap + 1):
+            out = _pypdf_decompress(data)
     except LimitReachedError:
-        if inflated is not None:
-            inflated.exceeded = True
+        inflated.exceeded = True
         raise
-    if inflated is not None and not inflated.take(len(out)):
-        raise DecompressionLimit("decompressed bytes over the message's budget")
+    if len(out) > cap or not inflated.take(len(out)):
+        inflated.exceeded = True
+        raise DecompressionLimit("a stream inflates past its limit")
     return out
 
 
@@ -319,7 +353,7 @@ def analyse_attachments(
     reports: list[AttachmentReport] = []
     patients: list[PatientIdentity] = []
     codes: list[str] = []
-    inflated = _Inflated(limits.max_decompressed)
+    inflated = _Inflated(limits)
     token = _INFLATED.set(inflated)
     try:
         for number, attachment in enumerate(message.attachments, start=1):
@@ -336,7 +370,7 @@ def analyse_attachments(
             codes.extend(c for r in report.walk() if r.detected_type == "cda" for c in r.cda_codes)
     finally:
         _INFLATED.reset(token)
-    reached = ("decompressed",) if inflated.exceeded else ()
+    reached = tuple(sorted(inflated.reached))
     return AttachmentAnalysis(tuple(reports), tuple(patients), tuple(codes), reached)
 
 
@@ -629,13 +663,55 @@ def _judge_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
             facts.flags.add("encrypted")
 
 
+# What a cross-reference section declares: pypdf reads each of its entries in
+# Python (about 10 µs each), before anything else.
+_XREF_SIZE = re.compile(rb"/Size\s*(\d{1,12})")
+_XREF_INDEX = re.compile(rb"/Index\s*\[([\d\s]{0,4096})\]")
+
+
+def _declared_entries(content: bytes) -> int:
+    """The most cross-reference entries the PDF declares (`/Size`, `/Index`)."""
+    most = max((int(m[1]) for m in _XREF_SIZE.finditer(content)), default=0)
+    for match in _XREF_INDEX.finditer(content):
+        numbers = [int(n) for n in match[1].split()]
+        most = max(most, sum(numbers[1::2]))
+    return most
+
+
 def _read_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
+    inflated = _INFLATED.get()
+    most = limits.pdf_objects_floor + len(content) // limits.pdf_bytes_per_object
+    if inflated is not None and _declared_entries(content) > most:
+        inflated.reached.add("pdf-objects")
+        facts.flags.add("unreadable")
+        return  # not opened: the message waits for a person
     reader = PdfReader(io.BytesIO(content), strict=False)
     if reader.is_encrypted and not _opens_without_password(reader):
         facts.flags.add("encrypted")
         return
+    if inflated is not None and _stream_objects(reader) > most:
+        inflated.reached.add("pdf-objects")
+        facts.flags.add("unreadable")
+        return  # not walked: the message waits for a person
     facts.signals.update(_pdf_active_signals(reader, limits))
     facts.flags.add("searchable" if _pdf_has_text(reader, limits) else "not-searchable")
+
+
+_MAX_OBJECT_STREAMS = 10_000
+
+
+def _stream_objects(reader: PdfReader) -> int:
+    """How many objects the PDF's object streams hold (their `/N`), read from
+    the streams' dictionaries without inflating them."""
+    streams = {stream for stream, _ in reader.xref_objStm.values()}
+    if len(streams) > _MAX_OBJECT_STREAMS:
+        return len(streams) * 1000  # past any sensible limit
+    total = 0
+    for number in streams:
+        stream = reader.get_object(number)
+        count = stream.get("/N") if isinstance(stream, DictionaryObject) else None
+        total += max(0, int(count)) if isinstance(count, int) else 0
+    return total
 
 
 def _opens_without_password(reader: PdfReader) -> bool:
@@ -862,7 +938,7 @@ def _judge_entries(
 ) -> None:
     """Read each entry within the size budget and judge it like an attachment."""
     budget = limits.max_total_size
-    inflated = _INFLATED.get() or _Inflated(limits.max_decompressed)
+    inflated = _INFLATED.get() or _Inflated(limits)
     for number, info in enumerate(infos, start=1):
         if info.is_dir() or info.flag_bits & 0x1:
             continue

@@ -24,6 +24,7 @@ LIMITS: dict[str, tuple[str, str]] = {
         "volume décompressé des PDF et archives",
         "decompressed size of PDFs and archives",
     ),
+    "pdf-objects": ("nombre d'objets d'un PDF", "number of objects in a PDF"),
 }
 
 
