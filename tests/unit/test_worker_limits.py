@@ -146,3 +146,43 @@ async def test_workers_run_isolated_from_the_services_directory(
         assert not marker.exists()
     finally:
         await worker.stop()
+
+
+async def test_a_message_past_a_limit_is_held_and_the_others_are_analysed_again() -> None:
+    from apiguard.analysis import Analyser, content_half
+    from apiguard.policy.charter import Charter
+    from apiguard.policy.verdict import Verdict
+
+    class HogAnalyser(Analyser):
+        def __init__(self) -> None:  # the pool machinery only, with a test function
+            self.content = content_half(Charter.build())
+            self.workers, self.timeout, self._background = 1, 60.0, set()
+            self._pools = {}
+            self._sizes = {"letters": 1, "attachments": 1, "big": 1}
+
+        def _new_worker(self, size_class: str = "letters") -> WorkerProcess:
+            return WorkerProcess(SETUP, None, cpu_seconds=1)
+
+    analyser = HogAnalyser()
+    await analyser.start()
+    try:
+        victim = analyser._pools["letters"][0]
+        hog = asyncio.create_task(analyser.analyse(b"", "spin", 30.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        others = [
+            asyncio.create_task(analyser.analyse(b"", "sleep", 0.1))  # type: ignore[arg-type]
+            for _ in range(3)
+        ]
+        fingerprint, decision = await asyncio.wait_for(hog, 30)
+        assert fingerprint is None
+        assert decision.verdict is Verdict.HOLD
+        (finding,) = decision.findings
+        assert finding.rule == "analysis.limits"
+        assert dict(finding.details) == {"limit": "cpu"}
+        assert finding.message_fr.startswith("analyse interrompue : limite de temps de calcul")
+        assert "art1.no-patient-data" in decision.skipped
+        results = await asyncio.wait_for(asyncio.gather(*others), 30)
+        assert all(isinstance(used, float) for used in results)  # answered, not held
+        assert analyser._pools["letters"][0] is not victim
+    finally:
+        await analyser.stop()
