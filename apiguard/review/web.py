@@ -34,8 +34,8 @@ from apiguard.config import ReviewSettings
 from apiguard.review import i18n
 from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
-from apiguard.review.display import attachment_content, message_view
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
+from apiguard.review.viewer import MessageViewer, ThreadViewer
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
 
@@ -118,12 +118,15 @@ class ReviewApp:
         *,
         on_change: Callable[[], None] = lambda: None,
         circuits: CircuitBoard | None = None,
+        viewer: MessageViewer | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.settings = settings
         self.on_change = on_change
         self.circuits = circuits
+        # Where stored messages are parsed for display (`apiguard.review.viewer`).
+        self.viewer: MessageViewer = viewer or ThreadViewer()
         self.auth = Authenticator(dict(settings.users), settings.token)
         environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -313,8 +316,9 @@ class ReviewApp:
         if shown is None:
             return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
         message, raw = shown
-        # Parsing a large message must not stall the SMTP sessions on this loop.
-        view = await asyncio.to_thread(message_view, raw) if raw is not None else None
+        # Parsed elsewhere (a worker process under `apiguard serve`): never on
+        # this loop, where the SMTP sessions run.
+        view = await self.viewer.view(raw) if raw is not None else None
         cancellable = message.state is MessageState.QUEUED and any(
             m.id == message.id
             for m in await self.store.run(self.service.cancellable, PENDING_SHOWN)
@@ -326,6 +330,7 @@ class ReviewApp:
             {
                 "message": message,
                 "view": view,
+                "view_failed": raw is not None and view is None,
                 "held": message.state is MessageState.HELD,
                 "cancellable": cancellable,
                 "expires_at": self.service.expires_at(message),
@@ -336,7 +341,7 @@ class ReviewApp:
         message_id = request.path_params["id"]
         index = int(request.path_params["index"])
         raw = await self.store.run(self.store.sync.get_raw, message_id)
-        found = await asyncio.to_thread(attachment_content, raw, index) if raw else None
+        found = await self.viewer.attachment(raw, index) if raw else None
         if found is None:
             return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
         filename, content = found
@@ -433,9 +438,12 @@ def create_app(
     secret: str,
     on_change: Callable[[], None] = lambda: None,
     circuits: CircuitBoard | None = None,
+    viewer: MessageViewer | None = None,
 ) -> Starlette:
     """The review page as an ASGI application."""
-    page = ReviewApp(service, store, settings, on_change=on_change, circuits=circuits)
+    page = ReviewApp(
+        service, store, settings, on_change=on_change, circuits=circuits, viewer=viewer
+    )
     return Starlette(
         routes=page.routes(),
         middleware=[
