@@ -23,7 +23,7 @@ COLLEAGUE = "dr.durand@medical69.apicrypt.org"
 def pathological_html() -> bytes:
     """The review's held message: an HTML body that made the old reduction
     scan to its end from every `<` (quadratic: seconds of GIL per view)."""
-    body = "<html><body><p>Bonjour</p>" + "< a" * 35_000 + "<script>x" * 2_000
+    body = "<html><body><p>Bonjour</p>" + "<script>x" * 2_000 + "< a" * 25_000
     encoded = base64.encodebytes(body.encode("utf-8")).replace(b"\n", b"\r\n")
     return (
         f"From: <{SENDER}>\r\nTo: <{COLLEAGUE}>\r\nSubject: Compte rendu\r\n"
