@@ -61,6 +61,7 @@ def _cases(size: int) -> list[tuple[str, bytes, bytes]]:
         ('"cf cf cf" line', hostile.cf_letter(size), ordinary),
         ('",,,x cordialement" line', hostile.closing_letter(size), ordinary),
         ("header folded over tabs", hostile.folded_header_letter(size), ordinary),
+        ("HPRIM city padded with spaces", hostile.postcode_letter(size), ordinary),
         ('HTML: "<" without ">"', hostile.html_open_brackets(size), ordinary_html),
         ("HTML: unclosed <script", hostile.html_unclosed_scripts(size), ordinary_html),
         ("HTML: nested tags", hostile.html_nested_tags(size), ordinary_html),

@@ -82,6 +82,16 @@ def closing_letter(size: int) -> bytes:
     return _message(LETTER + line + "\n")
 
 
+def postcode_letter(size: int) -> bytes:
+    """An HPRIM header whose postcode line pads the city with spaces."""
+    postcode = "13001 x" + " " * (size * 3 // 4) + "x"
+    header = [
+        "4521", "DURAND", "Marie", "12 rue de la Paix", "", postcode, "12/03/1954", "",
+        "10/11/2026", "Dr MARTIN", "", "",
+    ]  # fmt: skip
+    return _message("\n".join(header) + "\n" + LETTER + "****FIN****\n****FINFICHIER****\n")
+
+
 def folded_header_letter(size: int) -> bytes:
     """A header folded over a long run of tabs with no line end in it."""
     header = "x" + "\t" * (size - 200) + "y\r\n z"

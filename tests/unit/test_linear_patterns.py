@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from apiguard.attachments import _PDF_TEXT_OPS
 from apiguard.fingerprint import _TRAILING_CLOSING
+from apiguard.hprim import _POSTCODE_CITY
 from apiguard.mail import _unfold, html_to_text
 from apiguard.policy.rules.art3 import refers_to_attachment
 
@@ -28,6 +29,7 @@ OLD_TRAILING_CLOSING = re.compile(
     r"[\s,.;]*(?:(?:bien|très|tres)\s+)?(?:cordialement|confraternellement|amicalement)[\s.!]*$"
 )
 OLD_FOLD = re.compile(r"\s*[\r\n]+\s*")
+OLD_POSTCODE_CITY = re.compile(r"\s*(\d{5}|2[AaBb]\d{3})(?:\s+(.*?))?\s*")
 OLD_PDF_TEXT_OPS = re.compile(rb"\((?:[^()\\]|\\.){1,}\)\s*(?:Tj|'|\")|\]\s*TJ")
 
 
@@ -81,6 +83,12 @@ CLOSING_LINES = pieces(
 )  # fmt: skip
 
 
+POSTCODE_LINES = pieces(
+    "13001", "2A004", "2b", "1", " ", "\t", "\n", "\u00a0", "Paris", "x", "-", "SAINT", "é", ".",
+    size=20,
+)  # fmt: skip
+
+
 def pdf_string() -> st.SearchStrategy[bytes]:
     inner = st.lists(
         st.sampled_from([b"a", b" ", b"1", b"\\(", b"\\)", b"\\\\", b"\\n", b"\n", b"Tj"]),
@@ -128,6 +136,15 @@ def test_the_trailing_closing_formula_is_cut_as_before(line: str) -> None:
 
 
 @settings(max_examples=800, deadline=None)
+@given(POSTCODE_LINES)
+def test_the_hprim_postcode_line_reads_as_before(line: str) -> None:
+    new, old = _POSTCODE_CITY.fullmatch(line), OLD_POSTCODE_CITY.fullmatch(line)
+    assert (new is None) == (old is None)
+    if new is not None and old is not None:
+        assert new[1] == old[1] and (new[2] or "") == (old[2] or "")
+
+
+@settings(max_examples=800, deadline=None)
 @given(PDF_CONTENT)
 def test_pdf_text_operators_are_found_as_before_in_well_formed_content(content: bytes) -> None:
     assert bool(_PDF_TEXT_OPS.search(content)) == bool(OLD_PDF_TEXT_OPS.search(content))
@@ -142,5 +159,7 @@ def test_the_adversarial_inputs_of_the_review_still_read_the_same_way() -> None:
         assert html_to_text(markup) == old_html_to_text(markup)
     value = "x" + "\t" * 500 + "y\r\n z"
     assert _unfold(value) == OLD_FOLD.sub(" ", value).strip()
+    postcode = "13001 x" + " " * 500 + "x"
+    assert _POSTCODE_CITY.fullmatch(postcode)[2] == OLD_POSTCODE_CITY.fullmatch(postcode)[2]  # type: ignore[index]
     closing = "," * 500 + "x cordialement"
     assert _TRAILING_CLOSING.sub("", closing) == OLD_TRAILING_CLOSING.sub("", closing)
