@@ -11,6 +11,7 @@ halves are merged into one decision.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -22,9 +23,11 @@ from apiguard.fingerprint import content_fingerprint
 from apiguard.mail import Envelope, parse_message
 from apiguard.policy.charter import Charter
 from apiguard.policy.rule import Rule, Scope
-from apiguard.policy.verdict import Decision
+from apiguard.policy.rules.limits import RULE_ID as LIMITS_RULE
+from apiguard.policy.rules.limits import AnalysisLimits
+from apiguard.policy.verdict import Action, Decision
 from apiguard.volume import VOLUME_RULES
-from apiguard.worker import WorkerLost, WorkerProcess, WorkerTimeout
+from apiguard.worker import WorkerLimit, WorkerLost, WorkerProcess
 
 if TYPE_CHECKING:
     from apiguard.config import Settings
@@ -69,12 +72,26 @@ Analysis = tuple[str | None, Decision]  # (content fingerprint, decision)
 
 def analyse(charter: Charter, raw: bytes, envelope: Envelope, now: float) -> Analysis:
     """Parse, fingerprint and judge by the content rules (pure)."""
-    import dataclasses
-
     parsed = parse_message(raw)
     fingerprint = content_fingerprint(parsed, envelope.rcpt_tos)
     context = dataclasses.replace(charter.context, now=datetime.fromtimestamp(now, UTC))
     return fingerprint, charter.check_message(envelope, parsed, context)
+
+
+def stopped_at_limit(charter: Charter, limit: str) -> Decision:
+    """The content half's decision for a message whose analysis stopped at
+    `limit`: held for review by `analysis.limits` (whatever that rule's
+    settings: a message not fully judged is never forwarded as it is), the
+    other content rules skipped."""
+    rule = charter.rule(LIMITS_RULE)
+    finding = (rule if isinstance(rule, AnalysisLimits) else AnalysisLimits()).limit_finding(limit)
+    if finding.action.severity < Action.HOLD.severity:
+        finding = dataclasses.replace(finding, action=Action.HOLD)
+    return Decision(
+        findings=(finding,),
+        checked=(LIMITS_RULE,),
+        skipped=tuple(r for r in charter.rule_ids if r != LIMITS_RULE),
+    )
 
 
 def merge(content: Decision, state: Decision) -> Decision:
@@ -105,15 +122,25 @@ class Analyser:
     big messages). `workers` analyse letters; messages with attachments and big
     messages have one worker each, so that a 10 MB attachment never queues the
     letters behind it. A worker that dies is replaced and what it was analysing
-    is analysed again; one that takes longer than `timeout` on a message is
-    killed and replaced, and that message alone gets a temporary failure."""
+    is analysed again. A message past one of its limits (`[processing]`: CPU
+    seconds, running seconds, memory) is held for review (`analysis.limits`)
+    and its worker replaced; the other messages in flight on that worker are
+    analysed again on a fresh one."""
 
     def __init__(
-        self, charter: Charter, settings: Settings, workers: int, timeout: float = 120.0
+        self,
+        charter: Charter,
+        settings: Settings,
+        workers: int,
+        timeout: float | None = None,
     ) -> None:
         self.content = content_half(charter)
         self.workers = workers
-        self.timeout = timeout
+        processing = settings.processing
+        self.timeout = processing.max_running_seconds if timeout is None else timeout
+        self.cpu_seconds = processing.max_cpu_seconds
+        self.memory_bytes = processing.worker_memory_bytes
+        self.cwd = settings.storage.path
         self._settings_json = settings.model_dump_json()
         # Size class -> its workers.
         self._pools: dict[str, list[WorkerProcess]] = {}
@@ -146,6 +173,9 @@ class Analyser:
             "apiguard.analysis:setup_worker",
             self._settings_json,
             nice=BIG_NICE if size_class == "big" else 0,
+            cpu_seconds=self.cpu_seconds,
+            memory_bytes=self.memory_bytes,
+            cwd=self.cwd if self.cwd.is_dir() else None,
         )
 
     async def analyse(self, raw: bytes, envelope: Envelope, now: float) -> Analysis:
@@ -161,10 +191,10 @@ class Analyser:
                 # raw travels as the blob
                 result: Analysis = await worker.call(raw, envelope, now, timeout=self.timeout)
                 return result
-            except WorkerTimeout:
-                log.error("analysis.timeout", pool=name, size=len(raw))
+            except WorkerLimit as error:
+                log.error("analysis.limit", pool=name, size=len(raw), limit=error.limit)
                 self._replace(pool, worker)
-                raise
+                return None, stopped_at_limit(self.content, error.limit)
             except WorkerLost:
                 log.error("analysis.worker_lost", pool=name)
                 self._replace(pool, worker)

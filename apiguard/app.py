@@ -13,6 +13,7 @@ import structlog
 
 from apiguard import metrics
 from apiguard.analysis import Analyser
+from apiguard.attachments import AnalysisLimits
 from apiguard.config import ConfigError, Settings
 from apiguard.delivery import DeliveryWorker
 from apiguard.looplag import LoopLagMonitor
@@ -57,6 +58,9 @@ def build_charter(settings: Settings) -> Charter:
         allowed_recipient_domains=tuple(settings.charter.allowed_recipient_domains),
         allowed_sender_domains=tuple(settings.charter.allowed_sender_domains),
         directory=directory,
+        attachment_limits=AnalysisLimits(
+            max_decompressed=settings.processing.max_decompressed_bytes
+        ),
     )
     return Charter.build(settings.charter.rules, context)
 

@@ -14,6 +14,7 @@ names, which often carry the patient's name.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import re
@@ -27,7 +28,9 @@ from typing import Any
 from xml.etree import ElementTree
 
 import filetype  # type: ignore[import-untyped]
-from pypdf import PdfReader
+import pypdf.filters
+from pypdf import PdfReader, apply_configuration
+from pypdf.errors import LimitReachedError
 from pypdf.generic import (
     ArrayObject,
     ByteStringObject,
@@ -36,6 +39,7 @@ from pypdf.generic import (
     TextStringObject,
 )
 
+from apiguard.ciphertext import looks_like_ciphertext
 from apiguard.identity import PatientIdentity
 from apiguard.mail import ParsedMessage
 from apiguard.policy.verdict import Finding
@@ -130,7 +134,10 @@ _PDF_RAW_ACTIVE = (
     (b"/Launch", "launch"),
     (b"/EmbeddedFile", "embedded-file"),
 )
-_PDF_TEXT_OPS = re.compile(rb"\((?:[^()\\]|\\.){1,}\)\s*(?:Tj|'|\")|\]\s*TJ")
+# A string shown by Tj, ' or ", or an array shown by TJ. A string starts at a
+# "(" that no backslash escapes: from each escaped "(" of "\\(\\(\\(…" the
+# scan would run to the end of the page (quadratic; a page can inflate to MBs).
+_PDF_TEXT_OPS = re.compile(rb"(?<!\\)\((?:[^()\\]|\\.)++\)\s*(?:Tj|'|\")|\]\s*TJ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +151,91 @@ class AnalysisLimits:
     max_pdf_objects: int = 50_000
     max_text_pages: int = 20
     max_page_content: int = 512 * 1024  # bigger pages: regex for text operators only
+    # Bytes one message's PDF streams and archive entries may inflate to, all
+    # together (a 1.4 MB PDF of twenty pages inflating to 70 MB each cost 12 s
+    # and 1.5 GB). Past it the message waits for a person (`analysis.limits`).
+    max_decompressed: int = 64 * MIB
+    # And each PDF stream at most this many times its compressed size (at
+    # least `stream_floor`): text, fonts and object streams deflate 3 to 10
+    # times; a page of 70 MB of spaces, a thousand times.
+    max_stream_ratio: int = 32
+    stream_floor: int = MIB
+    # A PDF's cross-reference entries and the objects of its object streams,
+    # at most: five hundred, plus one per `pdf_bytes_per_object` bytes of
+    # the file (an honest PDF spends far more on each object). pypdf reads
+    # every entry (about 10 µs each) and parses a whole object stream at its
+    # first use (about 40 µs an object): five object streams of 60 000 `null`s
+    # cost 12 s, in 2 MB.
+    pdf_objects_floor: int = 500
+    pdf_bytes_per_object: int = 128
 
 
 DEFAULT_LIMITS = AnalysisLimits()
+
+
+class DecompressionLimit(Exception):
+    """The message's attachments inflate past `max_decompressed`."""
+
+
+class _Inflated:
+    """What one message's attachments may still inflate to."""
+
+    def __init__(self, limits: AnalysisLimits) -> None:
+        self.left = limits.max_decompressed
+        self.ratio = limits.max_stream_ratio
+        self.floor = limits.stream_floor
+        # The limits reached, by name ("decompressed", "pdf-objects").
+        self.reached: set[str] = set()
+
+    @property
+    def exceeded(self) -> bool:
+        return "decompressed" in self.reached
+
+    @exceeded.setter
+    def exceeded(self, value: bool) -> None:
+        if value:
+            self.reached.add("decompressed")
+
+    def stream_cap(self, packed: int) -> int:
+        """What one stream of `packed` bytes may inflate to."""
+        return max(0, min(self.left, max(self.floor, self.ratio * packed)))
+
+    def take(self, size: int) -> bool:
+        """Count `size` inflated bytes; False (and exceeded) past the limit."""
+        self.left -= size
+        if self.left < 0:
+            self.exceeded = True
+        return not self.exceeded
+
+
+# The budget of the message being analysed (None outside `analyse_attachments`).
+_INFLATED: contextvars.ContextVar[_Inflated | None] = contextvars.ContextVar(
+    "apiguard_inflated", default=None
+)
+_pypdf_decompress = pypdf.filters.decompress
+
+
+def _counted_decompress(data: bytes) -> bytes:
+    """pypdf's Flate decoding (content, object and font streams alike), capped
+    by the stream's own size and counted against the message's budget: pypdf
+    alone lets every stream inflate to 75 MB."""
+    inflated = _INFLATED.get()
+    if inflated is None:
+        return _pypdf_decompress(data)
+    cap = inflated.stream_cap(len(data))
+    try:
+        with apply_configuration(None, zlib_maximum_output_length=cap + 1):
+            out = _pypdf_decompress(data)
+    except LimitReachedError:
+        inflated.exceeded = True
+        raise
+    if len(out) > cap or not inflated.take(len(out)):
+        inflated.exceeded = True
+        raise DecompressionLimit("a stream inflates past its limit")
+    return out
+
+
+pypdf.filters.decompress = _counted_decompress
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +313,8 @@ class AttachmentAnalysis:
     reports: tuple[AttachmentReport, ...] = ()
     cda_patients: tuple[PatientIdentity, ...] = ()
     cda_codes: tuple[str, ...] = ()
+    # The analysis limits reached ("decompressed"): the reports are incomplete.
+    limits_reached: tuple[str, ...] = ()
 
     def all_reports(self) -> Iterator[AttachmentReport]:
         """Attachments and the documents inside their archives, depth first."""
@@ -262,19 +353,25 @@ def analyse_attachments(
     reports: list[AttachmentReport] = []
     patients: list[PatientIdentity] = []
     codes: list[str] = []
-    for number, attachment in enumerate(message.attachments, start=1):
-        report, found = analyse_file(
-            attachment.content,
-            declared_type=attachment.declared_type,
-            extension=attachment.extension,
-            index=number,
-            location=str(number),
-            limits=limits,
-        )
-        reports.append(report)
-        patients.extend(found)
-        codes.extend(c for r in report.walk() if r.detected_type == "cda" for c in r.cda_codes)
-    return AttachmentAnalysis(tuple(reports), tuple(patients), tuple(codes))
+    inflated = _Inflated(limits)
+    token = _INFLATED.set(inflated)
+    try:
+        for number, attachment in enumerate(message.attachments, start=1):
+            report, found = analyse_file(
+                attachment.content,
+                declared_type=attachment.declared_type,
+                extension=attachment.extension,
+                index=number,
+                location=str(number),
+                limits=limits,
+            )
+            reports.append(report)
+            patients.extend(found)
+            codes.extend(c for r in report.walk() if r.detected_type == "cda" for c in r.cda_codes)
+    finally:
+        _INFLATED.reset(token)
+    reached = tuple(sorted(inflated.reached))
+    return AttachmentAnalysis(tuple(reports), tuple(patients), tuple(codes), reached)
 
 
 def analyse_file(
@@ -292,6 +389,8 @@ def analyse_file(
     extension = (extension or "").strip().lower()
     try:
         facts = _judge(content, extension, declared_type, limits, location, depth)
+    except MemoryError:
+        raise  # the worker's memory limit: the message waits for a person
     except Exception:  # hostile input must become a verdict, not a crash
         facts = _Facts(detected="unknown", flags={"unreadable"})
     name_type = _claimed_by_name(extension)
@@ -379,12 +478,15 @@ def sniff(content: bytes, extension: str = "", declared_type: str = "") -> str:
 
     The name and declared type only refine what the bytes leave open: a text
     file named `.bat` is a script, a forwarded message is a message, and an
-    unrecognised `.apz` is an opaque APICRYPT payload.
+    `.apz` whose bytes are ciphertext (`apiguard.ciphertext`) is an opaque
+    APICRYPT payload.
     """
     kind = _sniff_bytes(content, extension)
     if kind == "text" and (declared_type == "message/rfc822" or extension == "eml"):
         return "message"
-    if kind in ("text", "unknown") and extension == "apz":
+    # Only real ciphertext is an APICRYPT payload: an executable, a page or a
+    # PDF named `.apz` is what it is (and a disguise: "mismatch").
+    if kind in ("text", "unknown") and extension == "apz" and looks_like_ciphertext(content):
         return "apz"
     return kind
 
@@ -532,20 +634,84 @@ def _small_entry(archive: zipfile.ZipFile, name: str) -> bytes | None:
 # --- PDF ------------------------------------------------------------------
 
 
+def _stream_caps(left: int) -> dict[str, int]:
+    """pypdf's per-stream output caps, no higher than what the message may
+    still inflate to (so that no single stream is inflated past it)."""
+    cap = max(left, 0) + 1
+    return {
+        "zlib_maximum_output_length": cap,
+        "lzw_maximum_output_length": cap,
+        "run_length_maximum_output_length": cap,
+        "array_based_stream_maximum_output_length": cap,
+        "brotli_maximum_output_length": cap,
+    }
+
+
 def _judge_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
+    inflated = _INFLATED.get()
+    left = inflated.left if inflated is not None else limits.max_decompressed
     try:
-        reader = PdfReader(io.BytesIO(content), strict=False)
-        if reader.is_encrypted and not _opens_without_password(reader):
-            facts.flags.add("encrypted")
-            return
-        facts.signals.update(_pdf_active_signals(reader, limits))
-        facts.flags.add("searchable" if _pdf_has_text(reader, limits) else "not-searchable")
+        with apply_configuration(None, **_stream_caps(left)):
+            _read_pdf(content, facts, limits)
+    except MemoryError:
+        raise
     except Exception:  # a PDF pypdf cannot read is judged on raw bytes
         facts.flags.add("unreadable")
         facts.flags.add("not-searchable")
         facts.signals.update(signal for raw, signal in _PDF_RAW_ACTIVE if raw in content)
         if b"/Encrypt" in content:
             facts.flags.add("encrypted")
+
+
+# What a cross-reference section declares: pypdf reads each of its entries in
+# Python (about 10 µs each), before anything else.
+_XREF_SIZE = re.compile(rb"/Size\s*(\d{1,12})")
+_XREF_INDEX = re.compile(rb"/Index\s*\[([\d\s]{0,4096})\]")
+
+
+def _declared_entries(content: bytes) -> int:
+    """The most cross-reference entries the PDF declares (`/Size`, `/Index`)."""
+    most = max((int(m[1]) for m in _XREF_SIZE.finditer(content)), default=0)
+    for match in _XREF_INDEX.finditer(content):
+        numbers = [int(n) for n in match[1].split()]
+        most = max(most, sum(numbers[1::2]))
+    return most
+
+
+def _read_pdf(content: bytes, facts: _Facts, limits: AnalysisLimits) -> None:
+    inflated = _INFLATED.get()
+    most = limits.pdf_objects_floor + len(content) // limits.pdf_bytes_per_object
+    if inflated is not None and _declared_entries(content) > most:
+        inflated.reached.add("pdf-objects")
+        facts.flags.add("unreadable")
+        return  # not opened: the message waits for a person
+    reader = PdfReader(io.BytesIO(content), strict=False)
+    if reader.is_encrypted and not _opens_without_password(reader):
+        facts.flags.add("encrypted")
+        return
+    if inflated is not None and _stream_objects(reader) > most:
+        inflated.reached.add("pdf-objects")
+        facts.flags.add("unreadable")
+        return  # not walked: the message waits for a person
+    facts.signals.update(_pdf_active_signals(reader, limits))
+    facts.flags.add("searchable" if _pdf_has_text(reader, limits) else "not-searchable")
+
+
+_MAX_OBJECT_STREAMS = 10_000
+
+
+def _stream_objects(reader: PdfReader) -> int:
+    """How many objects the PDF's object streams hold (their `/N`), read from
+    the streams' dictionaries without inflating them."""
+    streams = {stream for stream, _ in reader.xref_objStm.values()}
+    if len(streams) > _MAX_OBJECT_STREAMS:
+        return len(streams) * 1000  # past any sensible limit
+    total = 0
+    for number in streams:
+        stream = reader.get_object(number)
+        count = stream.get("/N") if isinstance(stream, DictionaryObject) else None
+        total += max(0, int(count)) if isinstance(count, int) else 0
+    return total
 
 
 def _opens_without_password(reader: PdfReader) -> bool:
@@ -772,9 +938,13 @@ def _judge_entries(
 ) -> None:
     """Read each entry within the size budget and judge it like an attachment."""
     budget = limits.max_total_size
+    inflated = _INFLATED.get() or _Inflated(limits)
     for number, info in enumerate(infos, start=1):
         if info.is_dir() or info.flag_bits & 0x1:
             continue
+        if info.file_size > inflated.left:
+            inflated.take(info.file_size)  # not read: the message waits for a person
+            return
         data = _read_entry(archive, info, min(info.file_size, budget))
         if data is None:
             facts.problems.add("unreadable-archive")
@@ -783,6 +953,8 @@ def _judge_entries(
             facts.problems.add("zip-bomb")
             return
         budget -= len(data)
+        if not inflated.take(len(data)):
+            return
         name = info.filename.replace("\\", "/").lower()
         extension = name.rsplit(".", 1)[1] if "." in name.rsplit("/", 1)[-1] else ""
         report, patients = analyse_file(

@@ -169,6 +169,16 @@ class ProcessingSettings(Section):
     # The SMTP process's event loop: uvloop when installed ("auto"), or the
     # standard asyncio loop.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # Limits per message in the workers (`apiguard.worker`); past any of them the
+    # message is held for review (`analysis.limits`) and its worker replaced.
+    # CPU seconds one message may use (time waiting in the queue never counts).
+    max_cpu_seconds: float = Field(default=20.0, gt=0, le=3600)
+    # Seconds one message may run in its worker, CPU or not (a safety net).
+    max_running_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Bytes one message's PDFs and archives may inflate to while being read.
+    max_decompressed_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    # Address space of each worker process, in bytes (RLIMIT_AS); 0: no limit.
+    worker_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
 
 
 class StorageSettings(Section):

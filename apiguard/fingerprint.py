@@ -39,8 +39,12 @@ _CLOSING = re.compile(
     r"|^envoyé (?:de|depuis) mon\b|^sent from my\b"
 )
 # The same formula closing a sentence: "L'examen est normal. Bien confraternellement."
+# It starts where a run of separators starts and takes the run whole (`*+`):
+# from every comma of ",,,,x cordialement" the plain `*` scanned and gave
+# back the run again (55 s for a 40 KB line).
 _TRAILING_CLOSING = re.compile(
-    r"[\s,.;]*(?:(?:bien|très|tres)\s+)?(?:cordialement|confraternellement|amicalement)[\s.!]*$"
+    r"(?<![\s,.;])[\s,.;]*+(?:(?:bien|très|tres)\s+)?"
+    r"(?:cordialement|confraternellement|amicalement)[\s.!]*+$"
 )
 # A line `_TRAILING_CLOSING` can match ends with one of these words once the
 # tail is stripped (lines are space-normalised): a cheap test before the regex.

@@ -76,7 +76,10 @@ _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 _DATE_DMY = re.compile(r"(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})")
 _DATE_YMD = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
 _DATE_SANTE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:\d{2}(?:\d{2}(?:\d{2})?)?)?")
-_POSTCODE_CITY = re.compile(r"\s*(\d{5}|2[AaBb]\d{3})(?:\s+(.*?))?\s*")
+# The city is what follows up to the last non-space character (`.*\S`): a
+# lazy `(.*?)\s*` before the end rescanned the spaces from every position
+# ("12345 x", 32 000 spaces, "x": 9 s).
+_POSTCODE_CITY = re.compile(r"\s*+(\d{5}|2[AaBb]\d{3})(?:\s++(.*\S))?\s*+")
 _NIR = re.compile(r"([1-478])(\d{2})(\d{2})(\d{2}|2[AB])(\d{3})(\d{3})(\d{2})?")
 _NUMBER = re.compile(r"[<>]?=?\s*[-+]?\d+(?:[.,]\d+)*")
 _SANTE_HEADER = re.compile(r"H([^\w\s])([^\w\s]{4})\1")

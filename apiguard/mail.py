@@ -163,18 +163,64 @@ def decode_header_value(raw: str) -> str:
     return _unfold("".join(out))
 
 
-_FOLD = re.compile(r"\s*[\r\n]+\s*")
+_SPACE_RUN = re.compile(r"\s+")
+
+
+def _fold_run(run: re.Match[str]) -> str:
+    value = run.group()
+    return " " if "\n" in value or "\r" in value else value
 
 
 def _unfold(value: str) -> str:
-    return _FOLD.sub(" ", value).strip()
+    r"""Each run of white space holding a line end becomes one space (as
+    `re.sub(r"\s*[\r\n]+\s*", " ", value)`, which is quadratic on a long run
+    of spaces with no line end)."""
+    return _SPACE_RUN.sub(_fold_run, value).strip()
+
+
+_HIDDEN_NAMES = ("script", "style", "head")
+_HIDDEN_OPEN = re.compile(r"(?i)<(?:(script)|(style)|(head))\b")
+_HIDDEN_CLOSE = {name: re.compile(rf"(?i)</{name}\s*>") for name in _HIDDEN_NAMES}
+_LINE_TAGS = re.compile(r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</tr\s*>|</li\s*>|</h\d\s*>")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _without_hidden_elements(markup: str) -> str:
+    r"""`re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", markup)` in
+    linear time: that pattern scans to the end from every opening tag that is
+    never closed (quadratic on many `<script`). Once an element has no closing
+    tag after one of its openings, it has none after any later one either."""
+    pieces: list[str] = []
+    position = 0
+    unclosed: set[str] = set()
+    search_from = 0
+    while (opening := _HIDDEN_OPEN.search(markup, search_from)) is not None:
+        name = _HIDDEN_NAMES[(opening.lastindex or 1) - 1]
+        closing = None if name in unclosed else _HIDDEN_CLOSE[name].search(markup, opening.end())
+        if closing is None:
+            unclosed.add(name)
+            search_from = opening.start() + 1
+            continue
+        pieces.append(markup[position : opening.start()])
+        pieces.append(" ")
+        position = search_from = closing.end()
+    pieces.append(markup[position:])
+    return "".join(pieces)
+
+
+def _without_tags(markup: str) -> str:
+    r"""`re.sub(r"(?s)<[^>]*>", " ", markup)` in linear time: past the last `>`
+    no `<` starts a tag, and the pattern would scan to the end from each."""
+    end = markup.rfind(">") + 1
+    return _TAG.sub(" ", markup[:end]) + markup[end:]
 
 
 def html_to_text(markup: str) -> str:
-    """A small, safe HTML-to-text reduction for rules (never for display)."""
-    markup = re.sub(r"(?is)<(script|style|head)\b.*?</\1\s*>", " ", markup)
-    markup = re.sub(r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</tr\s*>|</li\s*>|</h\d\s*>", "\n", markup)
-    markup = re.sub(r"(?s)<[^>]*>", " ", markup)
+    """A small, safe HTML-to-text reduction for rules (never for display).
+    Linear in the size of the markup, whatever it holds."""
+    markup = _without_hidden_elements(markup)
+    markup = _LINE_TAGS.sub("\n", markup)
+    markup = _without_tags(markup)
     text = html.unescape(markup)
     text = re.sub(r"[ \t\f\v]+", " ", text)
     return re.sub(r"\n\s*\n+", "\n\n", text).strip()
@@ -420,9 +466,12 @@ def _unflowed(part: email.message.Message, text: str) -> str:
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse raw RFC 5322 bytes. Never raises; defects describe bad input."""
+    """Parse raw RFC 5322 bytes. Never raises (but for MemoryError: a worker's
+    memory limit); defects describe bad input."""
     try:
         return _parse(raw)
+    except MemoryError:
+        raise
     except Exception as error:
         return ParsedMessage(
             headers=(),

@@ -16,6 +16,20 @@ pickled result, in the order it was asked. The first frame
 a worker receives is its configuration; it answers it once its charter is
 built. A worker exits when its stdin closes, and Linux kills it if the SMTP
 process dies first (`PR_SET_PDEATHSIG`).
+
+Limits, so that one hostile message costs a bounded amount and delays no
+other: before each request the worker sets its own CPU limit (`RLIMIT_CPU`)
+to what it has used so far plus the budget of one message, so time spent
+waiting in the queue never counts (past it Linux stops the worker with
+SIGXCPU); its address space is capped (`RLIMIT_AS`: an allocation past it
+raises MemoryError, answered as such, and the worker exits); and the parent
+kills a worker whose current request has run longer than its deadline,
+counted from the moment that request reached the head of the worker's queue.
+Whichever limit a request hit, it fails with `WorkerLimit` naming it; the
+others in flight fail with `WorkerLost` and are analysed again elsewhere.
+Workers run isolated (`python -I`: no current directory, `PYTHONPATH` or user
+site on `sys.path`) from a directory of the caller's choice, and never dump
+core (a core file would hold message content).
 """
 
 from __future__ import annotations
@@ -27,8 +41,10 @@ import ctypes.util
 import fcntl
 import gc
 import itertools
+import math
 import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -46,16 +62,35 @@ _PIPE_SIZE = 1 << 20
 # After a request whose message is at least this big, a full garbage collection
 # (see `serve`).
 COLLECT_AFTER = 1 << 20
-# Where `apiguard` is importable from, for the child's `-m`.
+# Where `apiguard` is importable from: given to the isolated child explicitly.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# The child's entry point: `-I` drops PYTHONPATH and the current directory from
+# sys.path, so the package root is put back first, and only it.
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import apiguard.worker as w; w.main()"
+)
+# What the child answers when an allocation failed under its memory limit.
+_MEMORY_EXHAUSTED = "MemoryError"
 
 
 class WorkerLost(Exception):
     """The worker process ended with requests in flight, or could not start."""
 
 
-class WorkerTimeout(WorkerLost):
-    """A request took longer than its deadline: the worker was killed."""
+class WorkerLimit(WorkerLost):
+    """A request went past one of the worker's limits; the worker was replaced.
+    `limit` is "cpu", "memory" or "time"."""
+
+    def __init__(self, limit: str, text: str = "") -> None:
+        super().__init__(text or f"past the {limit} limit")
+        self.limit = limit
+
+
+class WorkerTimeout(WorkerLimit):
+    """A request ran longer than its deadline: the worker was killed."""
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__("time", text)
 
 
 class WorkerError(Exception):
@@ -88,11 +123,31 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _cpu_used() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _limit_cpu(budget: float) -> None:
+    """Let the next request use `budget` more seconds of CPU (whole seconds:
+    the kernel's unit), whatever the worker used before."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(_cpu_used() + budget)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def serve(
-    setup: Callable[[Any], Callable[..., Any]], requests: BinaryIO, answers: BinaryIO
+    setup: Callable[[Any], Callable[..., Any]],
+    requests: BinaryIO,
+    answers: BinaryIO,
+    *,
+    cpu_budget: float = 0.0,
 ) -> None:
     """The worker loop: the first frame is `setup`'s argument, it returns the
-    function each later frame's arguments are applied to."""
+    function each later frame's arguments are applied to. With a `cpu_budget`,
+    each request may use that many seconds of CPU."""
     handle: Callable[..., Any] | None = None
     while True:
         header = _read_exactly(requests, _REQUEST.size)
@@ -114,13 +169,19 @@ def serve(
                 gc.freeze()
                 result: tuple[bool, Any] = (True, None)
             else:
+                if cpu_budget > 0:
+                    _limit_cpu(cpu_budget)
                 result = (True, handle(blob, *arguments))
+        except MemoryError:
+            result = (False, _MEMORY_EXHAUSTED)
         except Exception as error:  # the parent decides; the worker lives on
             result = (False, type(error).__name__)
         del blob
         answer = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         answers.write(_HEADER.pack(len(answer), number) + answer)
         answers.flush()
+        if result == (False, _MEMORY_EXHAUSTED):
+            return  # its heap may be in pieces: the parent starts a fresh worker
         if blob_size >= COLLECT_AFTER:
             # A big message leaves big garbage in reference cycles (a PDF
             # reader and its objects point at each other), long-lived enough to
@@ -134,20 +195,28 @@ def serve(
 
 
 def main() -> None:
-    """`python -m apiguard.worker MODULE:SETUP [NICE]`: serve on stdin/stdout."""
+    """`python -I -c BOOTSTRAP ROOT MODULE:SETUP [NICE [CPU [MEMORY]]]`: serve on
+    stdin/stdout (the bootstrap puts ROOT on sys.path and removes it from argv)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the SMTP process stops us
     _die_with_parent()
     # The protocol owns the real stdout; anything printed (even while modules
     # are imported) goes to stderr.
     answers = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
     os.dup2(2, 1)
-    if len(sys.argv) > 2 and int(sys.argv[2]):
-        os.nice(int(sys.argv[2]))  # a lower priority: see WorkerProcess
+    options = [*sys.argv[2:], "0", "0", "0"]
+    nice, cpu_budget, memory = int(options[0]), float(options[1]), int(options[2])
+    if nice:
+        os.nice(nice)  # a lower priority: see WorkerProcess
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file of a letter
+    if memory > 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     module_name, _, setup_name = sys.argv[1].partition(":")
     module = __import__(module_name, fromlist=[setup_name])
     setup = getattr(module, setup_name)
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-        serve(setup, sys.stdin.buffer, answers)
+        serve(setup, sys.stdin.buffer, answers, cpu_budget=cpu_budget)
 
 
 # -- the parent side -------------------------------------------------------------
@@ -156,14 +225,31 @@ def main() -> None:
 class WorkerProcess:
     """One worker process and the requests in flight to it."""
 
-    def __init__(self, setup: str, config: Any, *, nice: int = 0) -> None:
+    def __init__(
+        self,
+        setup: str,
+        config: Any,
+        *,
+        nice: int = 0,
+        cpu_seconds: float = 0.0,
+        memory_bytes: int = 0,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.setup = setup  # "module:function" run in the child with `config`
         self.config = config
         # Added to the child's nice value: a worker for big messages yields the
         # CPU to the SMTP process and the letters' worker when they need it.
         self.nice = nice
+        self.cpu_seconds = cpu_seconds  # per request; 0: no limit
+        self.memory_bytes = memory_bytes  # address space; 0: no limit
+        # The child's working directory (never the service's own: see `_start`).
+        self.cwd = os.path.abspath(cwd) if cwd is not None else os.path.abspath(os.sep)
         self.process: asyncio.subprocess.Process | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        # Running deadlines of the requests in flight, and the one that expired.
+        self._deadlines: dict[int, float | None] = {}
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._expired: int | None = None
         self._numbers = itertools.count()
         self._reader: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -193,17 +279,21 @@ class WorkerProcess:
         await asyncio.shield(self._starting)
 
     async def _start(self) -> None:
-        paths = [_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        # Isolated (`-I`), from `cwd`: a `queue.py` or `pypdf/` lying in the
+        # service's directory, or a PYTHONPATH, is never imported.
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "apiguard.worker",
+            "-I",
+            "-c",
+            _BOOTSTRAP,
+            _PACKAGE_ROOT,
             self.setup,
             str(self.nice),
+            repr(float(self.cpu_seconds)),
+            str(int(self.memory_bytes)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=env,
+            cwd=self.cwd,
             limit=1 << 20,
         )
         self._widen_request_pipe()
@@ -230,35 +320,37 @@ class WorkerProcess:
                 channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PIPE_SIZE)
 
     async def call(self, blob: bytes, *args: Any, timeout: float | None = None) -> Any:
-        """The worker's function applied to (`blob`, *`args`). Past `timeout`
-        seconds the worker is killed (whatever else it was doing fails with
-        `WorkerLost`) and this call raises `WorkerTimeout`."""
+        """The worker's function applied to (`blob`, *`args`). Once this request
+        has run `timeout` seconds (counted from when the worker starts on it, not
+        while it waits behind others) the worker is killed, whatever else was
+        in flight fails with `WorkerLost` and this call raises `WorkerTimeout`.
+        Past the worker's CPU or memory limit it raises `WorkerLimit`."""
         await self.start()
-        if timeout is None:
-            return await self._request(args, blob)
-        # A timer rather than asyncio.wait_for: no extra task per message.
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            self.kill()  # what is in flight fails with WorkerLost
-
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            return await self._request(args, blob)
-        except WorkerLost:
-            if expired:
-                raise WorkerTimeout(f"no answer in {timeout:.0f} s") from None
-            raise
-        finally:
-            timer.cancel()
+        return await self._request(args, blob, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
-    async def _request(self, payload: Any, blob: bytes = b"") -> Any:
+    def _watch_head(self) -> None:
+        """Arm the running deadline of the request the worker is on now: the
+        oldest in flight (the worker answers in order)."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        head = next(iter(self._pending), None)
+        deadline = self._deadlines.get(head) if head is not None else None
+        if head is None or deadline is None:
+            return
+
+        def expire() -> None:
+            self._expired = head
+            self.kill()
+
+        self._head_timer = asyncio.get_running_loop().call_later(deadline, expire)
+
+    async def _request(self, payload: Any, blob: bytes = b"", timeout: float | None = None) -> Any:
         if not self.alive:
             raise WorkerLost("worker not running")
         assert self.process is not None and self.process.stdin is not None
@@ -266,6 +358,9 @@ class WorkerProcess:
         number = next(self._numbers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[number] = future
+        self._deadlines[number] = timeout
+        if len(self._pending) == 1:
+            self._watch_head()
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         head = _REQUEST.pack(len(data), number, len(blob)) + data
         if len(blob) <= _CHUNK and not self._write_lock.locked():
@@ -277,9 +372,12 @@ class WorkerProcess:
                 await asyncio.shield(self._write_pieces(stdin, head, blob))
             except (ConnectionError, RuntimeError) as error:
                 self._pending.pop(number, None)
+                self._deadlines.pop(number, None)
                 raise WorkerLost(type(error).__name__) from None
         ok, value = await future
         if not ok:
+            if value == _MEMORY_EXHAUSTED:
+                raise WorkerLimit("memory")
             raise WorkerError(value)
         return value
 
@@ -294,22 +392,45 @@ class WorkerProcess:
                 await stdin.drain()
 
     async def _read_answers(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        stdout = self.process.stdout
+        process = self.process
+        assert process is not None and process.stdout is not None
+        stdout = process.stdout
         try:
             while True:
                 size, number = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
                 answer = pickle.loads(await stdout.readexactly(size))  # noqa: S301 - our own child
                 future = self._pending.pop(number, None)
+                self._deadlines.pop(number, None)
+                self._watch_head()
                 if future is not None and not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError):
             pass
         finally:
-            pending, self._pending = self._pending, {}
-            for future in pending.values():
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            pending, self._pending, self._deadlines = self._pending, {}, {}
+            cause = await self._limit_hit(process, next(iter(pending), None))
+            for number, future in pending.items():
                 if not future.done():
-                    future.set_exception(WorkerLost("worker process ended"))
+                    if cause is not None and number == cause[0]:
+                        future.set_exception(cause[1])
+                    else:
+                        future.set_exception(WorkerLost("worker process ended"))
+
+    async def _limit_hit(
+        self, process: asyncio.subprocess.Process, head: int | None
+    ) -> tuple[int, WorkerLimit] | None:
+        """Which request in flight ended the worker by going past a limit."""
+        if self._expired is not None:
+            return self._expired, WorkerTimeout("past its running deadline")
+        if head is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), 5.0)
+        if process.returncode == -signal.SIGXCPU:
+            return head, WorkerLimit("cpu")
+        return None
 
     async def stop(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None

@@ -20,6 +20,7 @@ RULE_MODULES: tuple[str, ...] = (
     "apiguard.policy.rules.lookalike",
     "apiguard.policy.rules.mime",
     "apiguard.policy.rules.encrypted",
+    "apiguard.policy.rules.limits",
     "apiguard.policy.rules.art1",
     "apiguard.policy.rules.art2",
     "apiguard.policy.rules.volume",

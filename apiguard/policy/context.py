@@ -15,7 +15,7 @@ from apiguard.mail import Envelope, ParsedMessage
 from apiguard.volume import NO_STORE, VOLUME_RULES
 
 if TYPE_CHECKING:  # derived-fact modules, each pure and owned by its concern
-    from apiguard.attachments import AttachmentAnalysis
+    from apiguard.attachments import AnalysisLimits, AttachmentAnalysis
     from apiguard.hprim import HprimScan
     from apiguard.patient import PatientData
     from apiguard.policy.rules.lookalike import KnownCorrespondents
@@ -39,6 +39,8 @@ class CharterContext:
     # Per message: what the store remembers (art2.fanout/duplicate/rate);
     # None when there is no store, and those rules are skipped.
     volume: VolumeSnapshot | None = None
+    # Budgets of the attachment analysis (`[processing]`); None: the defaults.
+    attachment_limits: AnalysisLimits | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,16 +99,17 @@ class MessageContext:
     @cached_property
     def attachments(self) -> AttachmentAnalysis:
         """Every attachment judged by content: types, flags, CDA patients and codes."""
-        from apiguard.attachments import analyse_attachments
+        from apiguard.attachments import DEFAULT_LIMITS, analyse_attachments
 
-        return analyse_attachments(self.message)
+        return analyse_attachments(self.message, self.charter.attachment_limits or DEFAULT_LIMITS)
 
     @cached_property
     def apicrypt_encrypted(self) -> bool:
-        """The body or an attachment is already APICRYPT-encrypted."""
+        """The body or an attachment is already APICRYPT-encrypted (real
+        ciphertext, not a mere marker or name)."""
         from apiguard.policy.rules.encrypted import apicrypt_encrypted
 
-        return apicrypt_encrypted(self.message)
+        return apicrypt_encrypted(self.message, self.attachments)
 
     def skip_reason(self, rule_id: str) -> str | None:
         """Why a rule cannot judge this message (None: it can).

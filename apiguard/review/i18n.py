@@ -105,6 +105,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "la page.",
         "msg.content_gone": "Le contenu n'est plus conservé (message refusé, annulé ou "
         "déjà remis).",
+        "msg.view_failed": "Le contenu n'a pas pu être affiché (lecture trop coûteuse ou "
+        "message illisible). Dans le doute, refusez-le, ou lisez-le avec « apiguard "
+        "review show ».",
         "msg.defects": "Anomalies de structure",
         "msg.audit": "Historique",
         "msg.no_audit": "Aucune action pour l'instant.",
@@ -287,6 +290,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "msg.download": "Download",
         "msg.download_hint": "The file is saved on your computer, never opened by the page.",
         "msg.content_gone": "The content is no longer kept (rejected, cancelled or delivered).",
+        "msg.view_failed": "The content could not be displayed (too costly to read, or "
+        "unreadable). When in doubt, reject it, or read it with 'apiguard review show'.",
         "msg.defects": "Structure defects",
         "msg.audit": "History",
         "msg.no_audit": "No action yet.",

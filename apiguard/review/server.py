@@ -18,6 +18,7 @@ from apiguard.config import ConfigError, Settings
 from apiguard.review.auth import session_secret
 from apiguard.review.circuits import find_board
 from apiguard.review.service import ReviewService
+from apiguard.review.viewer import WorkerViewer
 from apiguard.review.web import create_app
 from apiguard.store.aio import AsyncStore
 
@@ -44,6 +45,14 @@ class ReviewServer:
     ) -> None:
         self.settings = settings
         review = settings.review
+        processing = settings.processing
+        # Messages are parsed for display in a worker process, never here.
+        self.viewer = WorkerViewer(
+            cpu_seconds=processing.max_cpu_seconds,
+            running_seconds=processing.max_running_seconds,
+            memory_bytes=processing.worker_memory_bytes,
+            cwd=settings.storage.path,
+        )
         app = create_app(
             service,
             store,
@@ -51,6 +60,7 @@ class ReviewServer:
             secret=session_secret(review.session_secret, settings.storage.path),
             on_change=on_change,
             circuits=find_board(volume),
+            viewer=self.viewer,
         )
         self.config = uvicorn.Config(
             app,
@@ -102,9 +112,11 @@ class ReviewServer:
 
     async def stop(self) -> None:
         if self._task is None:
+            await self.viewer.stop()
             return
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        await self.viewer.stop()
         log.info("review.stopped")

@@ -36,12 +36,12 @@ from apiguard.reports.web import dashboard_routes
 from apiguard.review import i18n
 from apiguard.review.auth import Authenticator
 from apiguard.review.circuits import CircuitBoard
-from apiguard.review.display import attachment_content, message_view
 from apiguard.review.queue import QueueService
 from apiguard.review.queue_web import QueueViews
 from apiguard.review.service import ReviewOutcome, ReviewResult, ReviewService
 from apiguard.review.sessions import ReviewSessions
 from apiguard.review.subjects import held_subjects
+from apiguard.review.viewer import MessageViewer, ThreadViewer
 from apiguard.store.aio import AsyncStore
 from apiguard.store.base import MessageState
 from apiguard.throttle import FailureThrottle
@@ -126,12 +126,15 @@ class ReviewApp:
         on_change: Callable[[], None] = lambda: None,
         circuits: CircuitBoard | None = None,
         queue: QueueService | None = None,
+        viewer: MessageViewer | None = None,
     ) -> None:
         self.service = service
         self.store = store
         self.settings = settings
         self.on_change = on_change
         self.circuits = circuits
+        # Where stored messages are parsed for display (`apiguard.review.viewer`).
+        self.viewer: MessageViewer = viewer or ThreadViewer()
         self.auth = Authenticator(dict(settings.users), settings.token)
         self.sessions = ReviewSessions(self.auth.credential, SESSION_SECONDS)
         # Failed logins per client address: exponential waits, no scrypt while throttled.
@@ -354,8 +357,9 @@ class ReviewApp:
         if shown is None:
             return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
         message, raw = shown
-        # Parsing a large message must not stall the SMTP sessions on this loop.
-        view = await asyncio.to_thread(message_view, raw) if raw is not None else None
+        # Parsed elsewhere (a worker process under `apiguard serve`): never on
+        # this loop, where the SMTP sessions run.
+        view = await self.viewer.view(raw) if raw is not None else None
         cancellable = message.state is MessageState.QUEUED and any(
             m.id == message.id
             for m in await self.store.run(self.service.cancellable, PENDING_SHOWN)
@@ -367,6 +371,7 @@ class ReviewApp:
             {
                 "message": message,
                 "view": view,
+                "view_failed": raw is not None and view is None,
                 "held": message.state is MessageState.HELD,
                 "cancellable": cancellable,
                 "expires_at": self.service.expires_at(message),
@@ -396,7 +401,7 @@ class ReviewApp:
         message_id = request.path_params["id"]
         index = int(request.path_params["index"])
         raw = await self.store.run(self.store.sync.get_raw, message_id)
-        found = await asyncio.to_thread(attachment_content, raw, index) if raw else None
+        found = await self.viewer.attachment(raw, index) if raw else None
         if found is None:
             return self._render(request, "error.html", {"message": "msg.not_found"}, 404)
         filename, content = found
@@ -505,9 +510,18 @@ def create_app(
     on_change: Callable[[], None] = lambda: None,
     circuits: CircuitBoard | None = None,
     queue: QueueService | None = None,
+    viewer: MessageViewer | None = None,
 ) -> Starlette:
     """The review page as an ASGI application."""
-    page = ReviewApp(service, store, settings, on_change=on_change, circuits=circuits, queue=queue)
+    page = ReviewApp(
+        service,
+        store,
+        settings,
+        on_change=on_change,
+        circuits=circuits,
+        queue=queue,
+        viewer=viewer,
+    )
     return Starlette(
         routes=page.routes(),
         middleware=[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import random
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from typing import Any
@@ -374,13 +376,15 @@ def test_empty_subjects_warn(subject: str | None, warns: bool) -> None:
 
 CONTENT_RULES = {"art1.no-patient-data", "art1.private-content", "art2.announcement"}
 STILL_RUN = {"art2.too-many-recipients", "art5.empty", "art5.empty-subject", "content.encrypted"}
+# What an APICRYPT block carries: ciphertext, base64-encoded in lines of 76.
+_CIPHERTEXT = base64.encodebytes(random.Random(18).randbytes(120)).decode("ascii")
 
 
 @pytest.mark.parametrize(
     ("body", "attachments"),
     [
-        ("$APICRYPT$V2$\naGVsbG8gd29ybGQ=\n", []),
-        ("  $APICRYPT\nZm9vYmFy\n", []),
+        ("$APICRYPT$V2$\n" + _CIPHERTEXT, []),
+        ("  $APICRYPT\n" + _CIPHERTEXT, []),
         ("Message chiffré.", [("cr.apz", bytes(range(256)))]),
     ],
     ids=["marker", "indented-marker", "apz"],
@@ -410,7 +414,9 @@ def test_volume_rules_still_judge_encrypted_messages() -> None:
         ("art1.no-patient-data", True),
         ("art1.private-content", True),
         ("art2.announcement", True),
-        ("art3.forbidden-type", True),
+        ("art3.forbidden-type", False),  # readable attachments stay readable
+        ("art3.active-content", False),
+        ("art3.type-mismatch", False),
         ("art3.attachment-only", True),
         ("art4.hprim-identity", True),
         ("art4.mss-headers", True),

@@ -345,7 +345,10 @@ def test_default_size_limits_are_10_and_25_mib() -> None:
 def test_an_apicrypt_payload_is_opaque_but_still_measured() -> None:
     apz = (bytes(range(256)) * 40, ("application", "octet-stream", "lettre.apz"))
     decision = decide(mime("", [apz]), {"art3.too-large": {"max_attachment_size": 1000}})
-    assert "art3.forbidden-type" in decision.skipped
+    # The attachment rules that read types still run, and an APICRYPT payload passes them.
+    assert "art3.forbidden-type" in decision.checked
+    assert hits(decision, "art3.forbidden-type") == []
+    assert "art3.attachment-only" in decision.skipped
     assert only_hit(decision, "art3.too-large")
     report = MessageContext(
         Envelope(SENDER, (RECIPIENT,)), parse_message(mime("", [apz]))

@@ -81,9 +81,24 @@ _CLOSING = re.compile(
 )
 _REFERENCE = re.compile(
     r"(ci-?joint|ci joint|\bp\.? ?j\.?\b|pieces? jointes?|fichiers? joints?|documents? joints?|"
-    r"veuillez trouver|vous trouverez|je vous prie de trouver|please find|attached|attachment|"
-    r"\b(voir|cf)\b\.?.*\b(pj|p\.j|piece|document|fichier|courrier|compte rendu|cr)\b)"
+    r"veuillez trouver|vous trouverez|je vous prie de trouver|please find|attached|attachment)"
 )
+# "voir …" or "cf …" followed, anywhere later on the line, by what is attached.
+# As one pattern (`\b(voir|cf)\b\.?.*\b(pj|…)\b`) a line of "cf cf cf …"
+# cost a scan to the end of the line from every "cf": 10 s for 60 KB. The
+# second word is looked for once, after the end of the first "voir" or "cf".
+_SEE = re.compile(r"\b(voir|cf)\b")
+_SEE_WHAT = re.compile(r"\b(pj|p\.j|piece|document|fichier|courrier|compte rendu|cr)\b")
+
+
+def refers_to_attachment(line: str) -> bool:
+    """A folded line that only points at the attachment ("ci-joint", "cf PJ")."""
+    if _REFERENCE.search(line):
+        return True
+    see = _SEE.search(line)
+    return see is not None and _SEE_WHAT.search(line, see.end()) is not None
+
+
 _SIGNATURE_ITEM = re.compile(
     r"(\+33|\b0\d)([ .-]?\d{2}){4}|@|https?:|www\.|\b\d{5}\b|\b(rpps|adeli|finess|tel|fax|"
     r"portable|mobile|secretariat)\b|^(dr|docteur|pr|professeur)\b"
@@ -116,7 +131,7 @@ def letter_words(text: str) -> int:
         short = len(words) <= 6
         if (
             (_GREETING.match(line) and short)
-            or (_REFERENCE.search(line) and len(words) <= 16)
+            or (len(words) <= 16 and refers_to_attachment(line))
             or (_SIGNATURE_ITEM.search(line) and len(words) <= 10)
         ):
             continue

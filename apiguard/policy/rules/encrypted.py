@@ -2,40 +2,51 @@
 
 Such a body cannot be read, so the rules that judge content (Articles 1, 3
 and 4, and the announcement rule of Article 2) are skipped for it; envelope,
-volume and structure rules still run.
+volume and structure rules still run, and so do the rules that judge the
+attachments that can be read (forbidden types, active content, disguises).
+
+A marker is only a claim: the message counts as encrypted when its body is
+an armoured APICRYPT block (marker and base64 lines only, spread like
+ciphertext) or an attachment's bytes are ciphertext (`apiguard.ciphertext`;
+an executable, a page or a PDF named `.apz` is none).
 """
 
 from __future__ import annotations
 
-import re
-
+from apiguard.attachments import AttachmentAnalysis
+from apiguard.ciphertext import armoured_ciphertext
 from apiguard.mail import ParsedMessage
 from apiguard.policy.context import MessageContext
 from apiguard.policy.rule import Rule
 from apiguard.policy.verdict import Action, Finding
 
-# APICRYPT writes its marker at the start of a line of the encrypted body.
-_APICRYPT_MARKER = re.compile(r"(?m)^[ \t]*\$APICRYPT")
 ENCRYPTED_ATTACHMENT_EXTENSION = "apz"
 
 # Rules that read the content; they cannot judge an encrypted message.
 _CONTENT_RULE_PREFIXES = ("art1.", "art3.", "art4.")
 _CONTENT_RULES = frozenset({"art2.announcement"})
-# Sizes stay measurable through encryption.
-_VOLUME_RULES = frozenset({"art3.too-large"})
+# Sizes stay measurable through encryption, and readable attachments stay
+# readable beside an encrypted one.
+_ALWAYS_RUN = frozenset(
+    {"art3.too-large", "art3.forbidden-type", "art3.active-content", "art3.type-mismatch"}
+)
 
 
-def apicrypt_encrypted(message: ParsedMessage) -> bool:
-    """The body carries the `$APICRYPT` marker or an attachment is an `.apz`."""
-    text = message.text
-    if "$APICRYPT" in text and _APICRYPT_MARKER.search(text):  # a quick test first
+def encrypted_body(message: ParsedMessage) -> bool:
+    """The body is an armoured APICRYPT block and nothing else."""
+    return "$APICRYPT" in message.text and armoured_ciphertext(message.text)
+
+
+def apicrypt_encrypted(message: ParsedMessage, attachments: AttachmentAnalysis) -> bool:
+    """The body is an APICRYPT block, or an attachment is ciphertext (`apz`)."""
+    if encrypted_body(message):
         return True
-    return any(a.extension == ENCRYPTED_ATTACHMENT_EXTENSION for a in message.attachments)
+    return any(r.detected_type == "apz" for r in attachments.reports)
 
 
 def reads_content(rule_id: str) -> bool:
     """Whether a rule judges the message's content (and so is skipped when encrypted)."""
-    if rule_id in _VOLUME_RULES:
+    if rule_id in _ALWAYS_RUN:
         return False
     return rule_id in _CONTENT_RULES or rule_id.startswith(_CONTENT_RULE_PREFIXES)
 
