@@ -1,4 +1,4 @@
-"""The commands: serve, check, review."""
+"""The commands: serve, milter, check, review."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="TOML configuration file")
+
+    milter = commands.add_parser("milter", help="run the charter inside Postfix (a milter)")
+    milter.add_argument("--config", help="TOML configuration file")
 
     check = commands.add_parser("check", help="dry-run the charter on one message")
     check.add_argument("--config")
@@ -469,7 +472,12 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.format, settings.logging.level)
 
     async def run() -> None:
-        app = Application(settings)
+        if args.command == "milter":
+            from apiguard.milter.app import MilterApplication
+
+            app: Application = MilterApplication(settings)
+        else:
+            app = Application(settings)
         await app.serve_until_signalled()
 
     try:
@@ -489,7 +497,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        if args.command == "serve":
+        if args.command in ("serve", "milter"):
             return _serve(args)
         if args.command == "check":
             settings = _settings(args.config)
