@@ -75,3 +75,104 @@ async def test_a_legitimate_letter_is_delivered_unchanged(tmp_path: Path, sink: 
     assert MARK not in delivered.data
     decisions = milter.events("smtp.decision")
     assert [d["verdict"] for d in decisions] == ["forward"]
+
+
+async def test_an_announcement_is_refused_at_end_of_data_with_apiguards_reply(
+    tmp_path: Path, sink: Sink
+) -> None:
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, _):
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await send(postfix.smtp_port, SENDER, [COLLEAGUE], ANNOUNCEMENT)
+        # The sender's notice goes back through Postfix, signed, and passes.
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
+        assert "milter" in postfix.log() and "art2.announcement" in postfix.log()
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1 art2.announcement (Art. 2): ")
+    assert "/" in refused.value.message  # French, then English
+    notice = sink.handler.notices()[0]
+    assert notice.rcpt_tos == [SENDER]
+    assert MARK not in notice.data
+    body = notice.message.get_body(("plain",))
+    assert body is not None and "art2.announcement (Article 2)" in body.get_content()
+    assert sink.handler.mails() == []
+
+
+async def test_a_held_letter_waits_until_released_then_is_delivered_once(
+    tmp_path: Path, sink: Sink
+) -> None:
+    config = tmp_path / "apiguard.toml"
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
+        _, reply = await send(postfix.smtp_port, SENDER, [COLLEAGUE], NO_PATIENT)
+        assert reply.startswith("2.0.0 Ok")  # stored in the quarantine: Postfix's copy goes
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)  # hold notice
+        (held,) = await asyncio.to_thread(held_ids, config)
+        await asyncio.sleep(1.5)
+        assert sink.handler.mails() == []
+        assert postfix.queue() == []
+        await asyncio.to_thread(review, config, "release", held)
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=30)
+        await asyncio.sleep(1.5)  # nothing more comes
+        assert [e["reason"] for e in milter.events("milter.mark_ignored")] == []
+        assert len(milter.events("milter.reinjected")) == 2  # the notice and the letter
+    assert len(sink.handler.mails()) == 1
+    delivered = sink.handler.mails()[0]
+    assert delivered.rcpt_tos == [COLLEAGUE]
+    assert MARK not in delivered.data
+    assert_unchanged(delivered.data, NO_PATIENT)
+    assert held in delivered.data.decode()  # apiguard's trace line names the held id
+
+
+async def test_a_rejected_held_letter_gives_the_sender_a_notice(
+    tmp_path: Path, sink: Sink
+) -> None:
+    config = tmp_path / "apiguard.toml"
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, _):
+        await send(postfix.smtp_port, SENDER, [COLLEAGUE], NO_PATIENT)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
+        (held,) = await asyncio.to_thread(held_ids, config)
+        await asyncio.to_thread(
+            review, config, "reject", held, "--comment", "pas de patient / no patient"
+        )
+        await eventually(lambda: len(sink.handler.notices()) == 2, timeout=30)
+        await asyncio.sleep(1)
+    assert sink.handler.mails() == []
+    notice = sink.handler.notices()[1]
+    assert notice.rcpt_tos == [SENDER]
+    assert MARK not in notice.data
+    assert held in notice.data.decode("utf-8", "replace")
+
+
+async def test_a_forged_mark_is_ignored_and_deleted(tmp_path: Path, sink: Sink) -> None:
+    forged = (
+        b"X-Apiguard-Release: v1 1700000000 " + b"ab" * 16 + b" " + b"cd" * 32 + b"\r\n"
+    )
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
+        await send(postfix.smtp_port, SENDER, [COLLEAGUE], forged + NO_PATIENT)
+        await send(postfix.smtp_port, SENDER, [COLLEAGUE], forged + letter(2))
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=30)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
+        ignored = milter.events("milter.mark_ignored")
+    # The letter without patient is held like any other; the good letter
+    # passes, the forged header removed.
+    assert [e["reason"] for e in ignored] == ["invalid", "invalid"]
+    assert MARK not in sink.handler.mails()[0].data
+    assert_unchanged(sink.handler.mails()[0].data, letter(2))
+
+
+async def test_with_apiguard_killed_postfix_answers_tempfail_and_nothing_is_lost(
+    tmp_path: Path, sink: Sink
+) -> None:
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
+        await milter.stop(signal.SIGKILL)
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await send(postfix.smtp_port, SENDER, [COLLEAGUE], letter(3))
+        assert 400 <= refused.value.code < 500
+        await asyncio.sleep(1)
+        assert sink.handler.messages == []
+        assert postfix.queue() == []
+        # The practice's mail program tries again once apiguard is back.
+        await milter.start()
+        _, reply = await send(postfix.smtp_port, SENDER, [COLLEAGUE], letter(3))
+        assert reply.startswith("2.0.0 Ok")
+        await eventually(lambda: len(sink.handler.messages) == 1, timeout=30)
+    assert_unchanged(sink.handler.messages[0].data, letter(3))
