@@ -122,9 +122,7 @@ async def test_a_held_letter_waits_until_released_then_is_delivered_once(
     assert held in delivered.data.decode()  # apiguard's trace line names the held id
 
 
-async def test_a_rejected_held_letter_gives_the_sender_a_notice(
-    tmp_path: Path, sink: Sink
-) -> None:
+async def test_a_rejected_held_letter_gives_the_sender_a_notice(tmp_path: Path, sink: Sink) -> None:
     config = tmp_path / "apiguard.toml"
     async with postfix_with_milter(tmp_path, sink.port) as (postfix, _):
         await send(postfix.smtp_port, SENDER, [COLLEAGUE], NO_PATIENT)
@@ -143,9 +141,7 @@ async def test_a_rejected_held_letter_gives_the_sender_a_notice(
 
 
 async def test_a_forged_mark_is_ignored_and_deleted(tmp_path: Path, sink: Sink) -> None:
-    forged = (
-        b"X-Apiguard-Release: v1 1700000000 " + b"ab" * 16 + b" " + b"cd" * 32 + b"\r\n"
-    )
+    forged = b"X-Apiguard-Release: v1 1700000000 " + b"ab" * 16 + b" " + b"cd" * 32 + b"\r\n"
     async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
         await send(postfix.smtp_port, SENDER, [COLLEAGUE], forged + NO_PATIENT)
         await send(postfix.smtp_port, SENDER, [COLLEAGUE], forged + letter(2))
