@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from apiguard import metrics
 from apiguard.mail import Envelope
 from apiguard.milter import protocol
 from apiguard.milter.marks import HEADER, Mark, Marker, claim_nonce
@@ -196,7 +195,6 @@ class MilterSession:
             mark, transaction.mail_from, transaction.recipients, body
         ):
             log.warning("milter.mark_ignored", reason="invalid", marks=len(values))
-            metrics.record_error("milter_mark")
             return False
         now, max_age = self.clock(), self.marker.max_age
         try:
@@ -208,7 +206,6 @@ class MilterSession:
             return False
         if not fresh:
             log.warning("milter.mark_ignored", reason="replayed", marks=1)
-            metrics.record_error("milter_mark")
         return bool(fresh)
 
 
