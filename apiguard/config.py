@@ -266,7 +266,8 @@ class MilterSettings(Section):
     mark_key_file: str = ""
     mark_max_age: float = Field(default=900.0, gt=0)
     max_message_size: int = Field(default=25 * MiB, gt=0)
-    timeout: float = Field(default=300.0, gt=0)
+    # Longer than Postfix's smtpd_timeout: a client may idle between messages.
+    timeout: float = Field(default=3600.0, gt=0)
 
     @field_validator("socket")
     @classmethod

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
+from apiguard import metrics
 from apiguard.app import Application
 from apiguard.config import Settings
 from apiguard.delivery import DeliveryWorker
 from apiguard.milter.marks import Marker, load_key, marked, split_body
 from apiguard.milter.server import MilterServer, parse_socket
 from apiguard.milter.session import MilterSession
+from apiguard.ops import Probes, start_ops
 from apiguard.pipeline import Pipeline
 from apiguard.relay.base import Content, Relay, SendResult, SpooledContent
 from apiguard.relay.smtp import SmtpRelay
+
+if TYPE_CHECKING:
+    from apiguard.smtp.listeners import SmtpListeners
 
 log = structlog.get_logger("apiguard.milter")
 
@@ -92,12 +98,24 @@ class MilterApplication(Application):
         return self.milter.port
 
     async def _listen(self) -> None:
-        from apiguard import metrics
-
+        """Bind the milter socket (and the operations port) before anything runs."""
         metrics.initialise(rule.id for rule in self.charter.all_rules)
         try:
             await self.milter.start()
+            if self.settings.ops.enabled:
+                # /readyz's "smtp" is the milter listener here.
+                listener = cast("SmtpListeners", self.milter)
+                probes = Probes(
+                    self.store,
+                    self.delivery,
+                    self.pipeline,
+                    listener,
+                    self.settings.storage.path,
+                    self.settings.delivery.poll_interval,
+                )
+                self.ops = await start_ops(self.settings.ops, probes.ready, probes.refresh)
         except BaseException:
+            self.milter.close()
             await self.store.close()
             raise
         log.info("milter.listening", socket=self.settings.milter.socket, port=self.milter.port)

@@ -178,16 +178,16 @@ class PrivatePostfix:
         self._run("postqueue", "-c", str(self.config_directory), "-f")
 
 
-def milter_config(directory: Path, milter_port: int, smtp_port: int) -> Path:
+def milter_config(directory: Path, milter_port: int, smtp_port: int, ops_port: int) -> Path:
     """`apiguard milter`'s configuration: its store, the Postfix port to hand
-    released mail and notices back to, fast retries."""
+    released mail and notices back to, its /metrics port, fast retries."""
     storage = directory / "var"
     config = directory / "apiguard.toml"
     config.write_text(
         f'[milter]\nsocket = "inet:127.0.0.1:{milter_port}"\n'
         f'reinject = "smtp:127.0.0.1:{smtp_port}"\n'
         f'[storage]\npath = "{storage}"\n'
-        "[ops]\nenabled = false\n"
+        f"[ops]\nport = {ops_port}\n"
         "[processing]\nworkers = 0\n"
         "[delivery]\nretry_initial = 0.2\nretry_max = 0.5\npoll_interval = 0.05\n"
         '[logging]\nformat = "json"\n'
@@ -201,6 +201,7 @@ class MilterProcess:
 
     config: Path
     port: int
+    ops_port: int
     log: list[bytes] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     _reader: asyncio.Task[None] | None = None
@@ -237,6 +238,14 @@ class MilterProcess:
             await self._reader
         self.process = None
 
+    def metrics(self) -> str:
+        """The /metrics page, as Prometheus reads it."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ops_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
     def events(self, name: str) -> list[dict[str, object]]:
         found = []
         for line in self.log:
@@ -255,7 +264,9 @@ async def postfix_with_milter(
     require_postfix()
     milter_port = free_port()
     postfix = PrivatePostfix(sink_port=sink_port, milter_port=milter_port)
-    milter = MilterProcess(milter_config(directory, milter_port, postfix.smtp_port), milter_port)
+    ops_port = free_port()
+    config = milter_config(directory, milter_port, postfix.smtp_port, ops_port)
+    milter = MilterProcess(config, milter_port, ops_port)
     await milter.start()
     try:
         await asyncio.to_thread(postfix.start)

@@ -114,6 +114,11 @@ async def test_a_held_letter_waits_until_released_then_is_delivered_once(
         await asyncio.sleep(1.5)  # nothing more comes
         assert [e["reason"] for e in milter.events("milter.mark_ignored")] == []
         assert len(milter.events("milter.reinjected")) == 2  # the notice and the letter
+        # Counted as in proxy mode: one decision, held, by art1.no-patient-data.
+        metrics = await asyncio.to_thread(milter.metrics)
+        assert 'apiguard_messages_total{decision="hold"} 1.0' in metrics
+        assert 'apiguard_messages_total{decision="forward"} 0.0' in metrics
+        assert 'apiguard_findings_total{action="hold",rule="art1.no-patient-data"} 1.0' in metrics
     assert len(sink.handler.mails()) == 1
     delivered = sink.handler.mails()[0]
     assert delivered.rcpt_tos == [COLLEAGUE]
