@@ -19,6 +19,10 @@ from apiguard.milter.session import MilterSession
 
 log = structlog.get_logger("apiguard.milter")
 
+# One read takes every packet Postfix has sent (a message's headers and body
+# chunks arrive without waiting for answers).
+READ_SIZE = 256 * 1024
+
 
 def parse_socket(spec: str) -> tuple[str, str, int]:
     """'inet:127.0.0.1:8891' -> ('inet', '127.0.0.1', 8891); 'unix:/p' -> ('unix', '/p', 0)."""
@@ -123,19 +127,38 @@ class MilterServer:
     async def _converse(
         self, session: MilterSession, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """Postfix sends the stages it does not wait for in bursts: read what
+        has come, answer every whole packet in it, write the answers at once."""
+        buffer = bytearray()
         while True:
-            prefix = await asyncio.wait_for(reader.readexactly(4), self.timeout)
-            length = protocol.split_length(prefix)
-            body = await asyncio.wait_for(reader.readexactly(length), self.timeout)
-            command, data = protocol.parse_command(body)
-            if command is Command.QUIT:
+            chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.timeout)
+            if not chunk:
                 return
-            if not self.accepting and command is Command.BODYEOB:
-                # Stopping: Postfix retries later (its client gets a 4xx).
-                writer.write(protocol.TEMPFAIL.encode())
-                await writer.drain()
-                continue
-            answers = await session.handle(command, data)
+            buffer += chunk
+            answers: list[bytes] = []
+            offset, quit_ = 0, False
+            while len(buffer) - offset >= 4:
+                length = protocol.split_length(bytes(buffer[offset : offset + 4]))
+                end = offset + 4 + length
+                if len(buffer) < end:
+                    break
+                command, data = protocol.parse_command(bytes(buffer[offset + 4 : end]))
+                offset = end
+                if command is Command.QUIT:
+                    quit_ = True
+                    break
+                answers.extend(a.encode() for a in await self._answer(session, command, data))
+            del buffer[:offset]
             if answers:
-                writer.write(b"".join(a.encode() for a in answers))
+                writer.write(b"".join(answers))
                 await writer.drain()
+            if quit_:
+                return
+
+    async def _answer(
+        self, session: MilterSession, command: Command, data: bytes
+    ) -> list[protocol.Response]:
+        if not self.accepting and command is Command.BODYEOB:
+            # Stopping: Postfix retries later (its client gets a 4xx).
+            return [protocol.TEMPFAIL]
+        return await session.handle(command, data)
