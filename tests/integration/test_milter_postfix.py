@@ -13,6 +13,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from apiguard.milter.marks import split_body
 from tests.integration.milter_postfix import postfix_with_milter
 from tests.support import Sink, eventually, letter, send
 
@@ -177,3 +178,28 @@ async def test_with_apiguard_killed_postfix_answers_tempfail_and_nothing_is_lost
         assert reply.startswith("2.0.0 Ok")
         await eventually(lambda: len(sink.handler.messages) == 1, timeout=30)
     assert_unchanged(sink.handler.messages[0].data, letter(3))
+
+
+def sendmail(postfix_config: Path, raw: bytes) -> None:
+    """Postfix's sendmail command (non_smtpd_milters), as a practice's
+    software on the server itself would hand mail over."""
+    subprocess.run(
+        ["sendmail", "-C", str(postfix_config), "-f", SENDER, COLLEAGUE],
+        input=raw,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
+async def test_mail_from_the_sendmail_command_is_judged_too(tmp_path: Path, sink: Sink) -> None:
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
+        await asyncio.to_thread(sendmail, postfix.config_directory, letter(4))
+        await asyncio.to_thread(sendmail, postfix.config_directory, NO_PATIENT)
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=30)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)  # hold notice
+        await asyncio.sleep(1)
+        decisions = milter.events("smtp.decision")
+    assert sorted(d["verdict"] for d in decisions) == ["forward", "hold"]
+    assert len(sink.handler.mails()) == 1
+    assert sink.handler.mails()[0].data.endswith(split_body(letter(4)))
