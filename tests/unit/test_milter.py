@@ -4,6 +4,7 @@ conversation driven through the real pipeline on a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import stat
@@ -197,8 +198,14 @@ def test_a_nonce_is_claimed_once() -> None:
 
 @pytest.fixture
 async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(tmp_path: Path, **sections: dict[str, str]) -> AsyncIterator[Pipeline]:
     settings = Settings.model_validate(
-        {"storage": {"path": str(tmp_path / "var")}, "processing": {"workers": 0}}
+        {"storage": {"path": str(tmp_path / "var")}, "processing": {"workers": 0}, **sections}
     )
     store = AsyncStore(SqliteStore(settings.storage.path))
     running = Pipeline(
@@ -283,6 +290,20 @@ async def test_an_announcement_is_refused_with_the_proxys_text(pipeline: Pipelin
     [refusal] = final
     assert isinstance(refusal, ReplyCode)
     assert refusal.reply.startswith("550 5.7.1 art2.announcement (Art. 2): ")
+
+
+async def test_with_notices_by_email_only_a_refusal_is_discarded_and_notified(
+    tmp_path: Path,
+) -> None:
+    async with running_pipeline(tmp_path, notices={"on_reject": "email"}) as pipeline:
+        _, final = await converse(session_for(pipeline), ANNOUNCEMENT)
+        notices = [
+            m for m in pipeline.store.sync.list_messages(None, 50) if m.kind.value == "notice"
+        ]
+        assert final == [protocol.DISCARD]
+        assert [n.recipients[0].rcpt for n in notices] == [SENDER]
+        [(_, state, raw)] = stored(pipeline)
+        assert state == "rejected" and raw is None
 
 
 async def test_a_recipient_outside_the_allowed_domains_is_refused_at_rcpt(
