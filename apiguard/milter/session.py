@@ -89,7 +89,6 @@ class MilterSession:
         self.negotiated = protocol.Negotiation(protocol.VERSION, protocol.ACTIONS, protocol.WANTED)
         self.peer = ""
         self.helo = ""
-        self.local = False  # a non-SMTP submission (sendmail command, pickup)
         self.transaction = Transaction()
         self.busy = False  # a message is being judged (for a clean stop)
 
@@ -117,9 +116,8 @@ class MilterSession:
 
     def _listen(self, command: Command, data: bytes) -> None:
         if command is Command.CONNECT:
-            hostname, self.peer = protocol.parse_connect(data)
-            self.local = not self.peer
-            del hostname  # not kept: a client's name is not needed to judge
+            # The address only: it goes into the held copy's trace line.
+            _, self.peer = protocol.parse_connect(data)
         elif command is Command.HELO:
             self.helo = (protocol.strings(data) or [""])[0]
         elif command is Command.MAIL:
@@ -138,7 +136,7 @@ class MilterSession:
         elif command in (Command.ABORT, Command.QUIT_NC):
             self.transaction = Transaction()
             if command is Command.QUIT_NC:
-                self.peer, self.helo, self.local = "", "", False
+                self.peer, self.helo = "", ""
 
     def _body(self, data: bytes) -> None:
         transaction = self.transaction
