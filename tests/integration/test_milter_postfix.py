@@ -168,7 +168,15 @@ async def test_with_apiguard_killed_postfix_answers_tempfail_and_nothing_is_lost
     tmp_path: Path, sink: Sink
 ) -> None:
     async with postfix_with_milter(tmp_path, sink.port) as (postfix, milter):
-        await milter.stop(signal.SIGKILL)
+        # Killed in the middle of a transaction: the end of DATA gets a 4xx.
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=postfix.smtp_port) as client:
+            await client.mail(SENDER)
+            await client.rcpt(COLLEAGUE)
+            await milter.stop(signal.SIGKILL)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as in_flight:
+                await client.data(letter(3))
+        assert 400 <= in_flight.value.code < 500
+        # Down: every new message gets a 4xx.
         with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
             await send(postfix.smtp_port, SENDER, [COLLEAGUE], letter(3))
         assert 400 <= refused.value.code < 500
