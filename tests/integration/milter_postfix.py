@@ -178,7 +178,9 @@ class PrivatePostfix:
         self._run("postqueue", "-c", str(self.config_directory), "-f")
 
 
-def milter_config(directory: Path, milter_port: int, smtp_port: int, ops_port: int) -> Path:
+def milter_config(
+    directory: Path, milter_port: int, smtp_port: int, ops_port: int, more: str = ""
+) -> Path:
     """`apiguard milter`'s configuration: its store, the Postfix port to hand
     released mail and notices back to, its /metrics port, fast retries."""
     storage = directory / "var"
@@ -190,7 +192,7 @@ def milter_config(directory: Path, milter_port: int, smtp_port: int, ops_port: i
         f"[ops]\nport = {ops_port}\n"
         "[processing]\nworkers = 0\n"
         "[delivery]\nretry_initial = 0.2\nretry_max = 0.5\npoll_interval = 0.05\n"
-        '[logging]\nformat = "json"\n'
+        '[logging]\nformat = "json"\n' + more
     )
     return config
 
@@ -258,14 +260,15 @@ class MilterProcess:
 
 @contextlib.asynccontextmanager
 async def postfix_with_milter(
-    directory: Path, sink_port: int
+    directory: Path, sink_port: int, more_config: str = ""
 ) -> AsyncIterator[tuple[PrivatePostfix, MilterProcess]]:
-    """A private Postfix whose smtpd runs `apiguard milter`, both stopped at the end."""
+    """A private Postfix whose smtpd runs `apiguard milter`, both stopped at the
+    end; `more_config` is appended to apiguard's TOML."""
     require_postfix()
     milter_port = free_port()
     postfix = PrivatePostfix(sink_port=sink_port, milter_port=milter_port)
     ops_port = free_port()
-    config = milter_config(directory, milter_port, postfix.smtp_port, ops_port)
+    config = milter_config(directory, milter_port, postfix.smtp_port, ops_port, more_config)
     milter = MilterProcess(config, milter_port, ops_port)
     await milter.start()
     try:

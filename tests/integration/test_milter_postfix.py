@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiosmtplib
+import httpx
 import pytest
 
 from apiguard.milter.marks import split_body
 from tests.integration.milter_postfix import postfix_with_milter
-from tests.support import Sink, eventually, letter, send
+from tests.support import Sink, eventually, free_port, letter, send
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -189,6 +191,44 @@ async def test_with_apiguard_killed_postfix_answers_tempfail_and_nothing_is_lost
         assert reply.startswith("2.0.0 Ok")
         await eventually(lambda: len(sink.handler.messages) == 1, timeout=30)
     assert_unchanged(sink.handler.messages[0].data, letter(3))
+
+
+async def release_on_the_review_page(port: int, token: str, message_id: str) -> None:
+    """Sign in with the review token and press "release", as a reviewer does."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+        async def csrf(path: str) -> str:
+            found = re.search(r'name="csrf" value="([^"]+)"', (await client.get(path)).text)
+            assert found is not None
+            return found.group(1)
+
+        signed_in = await client.post(
+            "/login", data={"csrf": await csrf("/login"), "name": "", "password": token}
+        )
+        assert signed_in.status_code in (200, 303)
+        released = await client.post(
+            f"/messages/{message_id}/release", data={"csrf": await csrf("/")}
+        )
+        assert released.status_code == 303
+
+
+async def test_a_letter_released_on_the_review_page_is_delivered_once(
+    tmp_path: Path, sink: Sink
+) -> None:
+    token, port = "relecture-secretariat-2026", free_port()
+    review_config = f'[review]\nenabled = true\nport = {port}\ntoken = "{token}"\n'
+    config = tmp_path / "apiguard.toml"
+    async with postfix_with_milter(tmp_path, sink.port, review_config) as (postfix, _):
+        await send(postfix.smtp_port, SENDER, [COLLEAGUE], NO_PATIENT)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
+        (held,) = await asyncio.to_thread(held_ids, config)
+        assert sink.handler.mails() == []
+        await release_on_the_review_page(port, token, held)
+        await eventually(lambda: len(sink.handler.mails()) == 1, timeout=30)
+        await asyncio.sleep(1)
+    assert len(sink.handler.mails()) == 1
+    assert MARK not in sink.handler.mails()[0].data
+    assert_unchanged(sink.handler.mails()[0].data, NO_PATIENT)
 
 
 def sendmail(postfix_config: Path, raw: bytes) -> None:
