@@ -3,7 +3,8 @@
 Stages and what apiguard answers:
 
 - RCPT: the recipient rules (`Pipeline.check_recipient`), the proxy's own
-  550/553 texts, per recipient;
+  550/553 texts, per recipient (for the null sender, at the end of the
+  message: apiguard's notices, marked, go to any sender);
 - end of message: the whole charter (`Pipeline.receive`: analysis, volume
   counts, decision, durable record). Forward: continue, Postfix queues and
   delivers its own copy. Hold: the message is in the quarantine (stored
@@ -49,6 +50,8 @@ class Transaction:
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
     too_big: bool = False
+    # Recipient refusals kept for the end of the message (null sender only).
+    refusals: list[Reply] = field(default_factory=list)
 
     def raw(self) -> bytes:
         """The message as the client sent it (folded header lines kept), the
@@ -151,8 +154,13 @@ class MilterSession:
         rcpt = protocol.address(arguments[0]) if arguments else ""
         transaction = self.transaction
         refusal = self.pipeline.check_recipient(transaction.mail_from, rcpt, transaction.recipients)
-        if refusal is not None:
+        if refusal is not None and transaction.mail_from:
             return ReplyCode(str(refusal))
+        if refusal is not None:
+            # The null sender: apiguard's own notices come back this way, to
+            # senders the recipient rules may not allow. Only the end of the
+            # message tells them (their mark) from others, refused then.
+            transaction.refusals.append(refusal)
         transaction.recipients.append(rcpt)
         return protocol.CONTINUE
 
@@ -167,6 +175,8 @@ class MilterSession:
         if transaction.marks() and await self._mark_passes(transaction):
             log.info("milter.reinjected", recipients=len(transaction.recipients))
             return [*deletions, protocol.CONTINUE]
+        if transaction.refusals:
+            return [ReplyCode(str(transaction.refusals[0]))]
         self.busy = True
         try:
             reply = await self.pipeline.receive(

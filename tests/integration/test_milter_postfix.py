@@ -103,6 +103,24 @@ async def test_an_announcement_is_refused_at_end_of_data_with_apiguards_reply(
     assert sink.handler.mails() == []
 
 
+async def test_a_sender_outside_the_recipient_domains_still_gets_the_notice(
+    tmp_path: Path, sink: Sink
+) -> None:
+    secretariat = "secretariat@cabinet-exemple.fr"  # not an APICRYPT or MSSante address
+    async with postfix_with_milter(tmp_path, sink.port) as (postfix, _):
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await send(postfix.smtp_port, secretariat, [COLLEAGUE], ANNOUNCEMENT)
+        await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
+        # Anyone else's null-sender mail to that address is still refused.
+        with pytest.raises(aiosmtplib.SMTPDataError) as forged:
+            await send(postfix.smtp_port, "", [secretariat], letter(6))
+    assert refused.value.message.startswith("5.7.1 art2.announcement (Art. 2): ")
+    assert sink.handler.notices()[0].rcpt_tos == [secretariat]
+    assert forged.value.code == 550
+    assert forged.value.message.startswith("5.7.1 recipient.domain: ")
+    assert sink.handler.mails() == []
+
+
 async def test_a_held_letter_waits_until_released_then_is_delivered_once(
     tmp_path: Path, sink: Sink
 ) -> None:

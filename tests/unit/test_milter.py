@@ -234,14 +234,17 @@ def header_packets(raw: bytes) -> list[tuple[Command, bytes]]:
 
 
 async def converse(
-    session: MilterSession, raw: bytes, recipients: tuple[str, ...] = (COLLEAGUE,)
+    session: MilterSession,
+    raw: bytes,
+    recipients: tuple[str, ...] = (COLLEAGUE,),
+    mail_from: str = SENDER,
 ) -> tuple[list[protocol.Response], list[protocol.Response]]:
     """Postfix's commands for one message; (the RCPT answers, the end-of-message answers)."""
     await session.handle(Command.OPTNEG, POSTFIX_OFFER)
     assert await session.handle(Command.CONNECT, b"localhost\x004\x00\x19127.0.0.1\x00") == []
     assert await session.handle(Command.MACRO, b"Cj\0mta.test\0") == []
     await session.handle(Command.HELO, b"poste.cabinet.test\0")
-    assert await session.handle(Command.MAIL, f"<{SENDER}>\0SIZE=100\0".encode()) == []
+    assert await session.handle(Command.MAIL, f"<{mail_from}>\0SIZE=100\0".encode()) == []
     rcpt_answers = []
     for rcpt in recipients:
         rcpt_answers.extend(await session.handle(Command.RCPT, f"<{rcpt}>\0".encode()))
@@ -315,6 +318,22 @@ async def test_a_recipient_outside_the_allowed_domains_is_refused_at_rcpt(
     assert expected is not None
     assert rcpt == [protocol.CONTINUE, ReplyCode(str(expected))]
     assert str(expected).startswith("550 5.7.1 recipient.domain: ")
+
+
+async def test_a_null_sender_is_refused_for_a_recipient_at_the_end_unless_marked(
+    pipeline: Pipeline,
+) -> None:
+    outsider = "secretariat@cabinet-exemple.fr"  # a sender's address, outside the domains
+    expected = pipeline.check_recipient("", outsider, [])
+    assert expected is not None
+    session = session_for(pipeline)
+    rcpt, final = await converse(session, letter(1), (outsider,), mail_from="")
+    assert rcpt == [protocol.CONTINUE]
+    assert final == [ReplyCode(str(expected))]
+    # apiguard's own notice to that sender, marked: it passes.
+    mark = session.marker.mark("", [outsider], split_body(letter(1)))
+    _, final = await converse(session, marked(letter(1), mark), (outsider,), mail_from="")
+    assert final == [ChangeHeader(HEADER, 1), protocol.CONTINUE]
 
 
 async def test_a_message_over_the_size_limit_is_refused_and_not_kept(pipeline: Pipeline) -> None:
