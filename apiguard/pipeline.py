@@ -242,6 +242,8 @@ class Pipeline:
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         settle = self._settlement(message_id, envelope, snapshot, decision, now)
         settled = self.store.sync.accept_in(db, message, notices, settle)
+        if message.state is MessageState.DONE:  # forwarded behind the milter
+            self.volume.remember_forwarded_in(db, message_id, envelope.rcpt_tos)
         return decision, message, notices, settled
 
     async def _decide_then_accept(

@@ -275,6 +275,9 @@ async def test_a_forwarded_letter_continues_and_only_its_decision_is_kept(
     # Postfix delivers its own copy: nothing for apiguard's delivery worker.
     assert state == "done" and raw is None
     assert pipeline.store.sync.claim_due(2_000_000_000.0, 10) == []
+    # Its recipient is now a known correspondent (recipient.lookalike's memory).
+    assert pipeline.volume is not None
+    assert pipeline.volume.known_addresses() == [COLLEAGUE]
 
 
 async def test_a_held_letter_is_stored_whole_then_discarded(pipeline: Pipeline) -> None:
