@@ -415,3 +415,28 @@ async def test_the_listener_negotiates_and_closes_on_garbage(pipeline: Pipeline)
         await server.stop(1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_the_listener_serves_a_unix_socket_for_postfix_only(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    path = tmp_path / "milter.sock"
+    path.touch()  # not a socket: left alone, the bind fails
+    server = MilterServer(f"unix:{path}", lambda: session_for(pipeline), timeout=5)
+    with pytest.raises(OSError):
+        await server.start()
+    path.unlink()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # a socket left by a previous run is replaced
+    stale.close()
+    await server.start()
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o660
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(protocol.packet(b"O", POSTFIX_OFFER))
+        length = protocol.split_length(await reader.readexactly(4))
+        command, _ = protocol.parse_command(await reader.readexactly(length))
+        assert command is Command.OPTNEG
+        writer.close()
+    finally:
+        await server.stop(1)
