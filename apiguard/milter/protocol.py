@@ -250,8 +250,9 @@ class ReplyCode(Response):
         return self.reply.startswith("4")
 
     def encode(self) -> bytes:
-        # One line, 7-bit; Postfix reads '%' literally.
-        text = " ".join(self.reply.split())
+        # One line; '%' doubled (Sendmail's format strings: Postfix turns '%%'
+        # back into '%' and drops a single one).
+        text = " ".join(self.reply.split()).replace("%", "%%")
         return packet(b"y", _cstr(text))
 
 

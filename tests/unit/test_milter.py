@@ -122,6 +122,9 @@ def test_reply_codes_are_4xx_or_5xx_on_one_line() -> None:
         ReplyCode("250 2.0.0 ok")
     assert ReplyCode("550 5.7.1 a\r\n b").encode() == protocol.packet(b"y", b"550 5.7.1 a b\0")
     assert ReplyCode("451 4.3.0 later").temporary
+    assert ReplyCode("550 5.7.1 100 % du texte").encode() == protocol.packet(
+        b"y", b"550 5.7.1 100 %% du texte\0"
+    )
 
 
 def test_deleting_a_header_is_a_change_to_an_empty_value() -> None:
