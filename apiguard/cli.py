@@ -1,4 +1,5 @@
-"""The commands: serve, check, review, queue (in `apiguard.queue_cli`)."""
+"""The commands: serve, milter, check, review, queue (in `apiguard.queue_cli`)
+and report (in `apiguard.reports.command`)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="TOML configuration file")
+
+    milter = commands.add_parser("milter", help="run the charter inside Postfix (a milter)")
+    milter.add_argument("--config", help="TOML configuration file")
 
     check = commands.add_parser("check", help="dry-run the charter on one message")
     check.add_argument("--config")
@@ -489,7 +493,12 @@ def _serve(args: argparse.Namespace) -> int:
     install_error_hooks()
 
     async def run() -> None:
-        app = Application(settings)
+        if args.command == "milter":
+            from apiguard.milter.app import MilterApplication
+
+            app: Application = MilterApplication(settings)
+        else:
+            app = Application(settings)
         await app.serve_until_signalled()
 
     try:
@@ -509,7 +518,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        if args.command == "serve":
+        if args.command in ("serve", "milter"):
             return _serve(args)
         if args.command == "check":
             settings = _settings(args.config)

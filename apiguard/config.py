@@ -297,6 +297,44 @@ class AlertSettings(Section):
     to: str = ""
 
 
+class MilterSettings(Section):
+    """`apiguard milter`: the charter inside Postfix (`smtpd_milters`).
+
+    `socket` is `inet:HOST:PORT` or `unix:/path`. Released held mail and notices
+    are handed back to the MTA at `reinject` (`smtp:HOST:PORT`, the Postfix
+    smtpd port that runs this milter), signed with the key in `mark_key_file`
+    (default: `milter.key` under `storage.path`, made on first start, 0600).
+    """
+
+    socket: str = "inet:127.0.0.1:8891"
+    reinject: str = "smtp:127.0.0.1:25"
+    mark_key_file: str = ""
+    mark_max_age: float = Field(default=900.0, gt=0)
+    max_message_size: int = Field(default=25 * MiB, gt=0)
+    # Longer than Postfix's smtpd_timeout: a client may idle between messages.
+    timeout: float = Field(default=3600.0, gt=0)
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_parses(cls, value: str) -> str:
+        kind, _, rest = value.partition(":")
+        if kind == "unix" and rest.startswith("/"):
+            return value
+        host, _, port = rest.rpartition(":")
+        if kind == "inet" and host and port.isdigit() and int(port) <= 65535:
+            return value
+        raise ValueError('expected "inet:HOST:PORT" or "unix:/absolute/path"')
+
+    @field_validator("reinject")
+    @classmethod
+    def _reinject_parses(cls, value: str) -> str:
+        kind, _, rest = value.partition(":")
+        host, _, port = rest.rpartition(":")
+        if kind == "smtp" and host and port.isdigit() and 0 < int(port) <= 65535:
+            return value
+        raise ValueError('expected "smtp:HOST:PORT" (the Postfix smtpd port)')
+
+
 class CharterSettings(Section):
     """Charter-wide settings and per-rule settings by rule id."""
 
@@ -333,6 +371,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     charter: CharterSettings = Field(default_factory=CharterSettings)
+    milter: MilterSettings = Field(default_factory=MilterSettings)
 
     @property
     def spool_path(self) -> Path:

@@ -102,8 +102,12 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         volume: VolumeStore | None = None,
         analyser: Analyser | None = None,
+        spool_forwarded: bool = True,
     ) -> None:
         self.charter = charter
+        # False behind the milter: the MTA delivers its own copy of forwarded
+        # mail, so only the decision is recorded (held mail is still kept whole).
+        self.spool_forwarded = spool_forwarded
         self.analyser = analyser or Analyser(charter, settings, workers=0)
         self.state_rules = state_half(charter)
         self.store = store
@@ -186,7 +190,10 @@ class Pipeline:
                 self_refused=settled.self_refused,
             )
         metrics.record_decision(decision)
-        reply = self._reply(message_id, decision)
+        # The verdict and id ride along for edges that do not speak SMTP (the milter).
+        reply = dataclasses.replace(
+            self._reply(message_id, decision), verdict=decision.verdict, message_id=message_id
+        )
         log.info(
             "smtp.decision",
             message_id=message_id,
@@ -231,6 +238,8 @@ class Pipeline:
         message, notices = self._to_store(message_id, envelope, stored_raw, decision, now)
         settle = self._settlement(message_id, envelope, snapshot, decision, now)
         settled = self.store.sync.accept_in(db, message, notices, settle)
+        if message.state is MessageState.DONE:  # forwarded behind the milter
+            self.volume.remember_forwarded_in(db, message_id, envelope.rcpt_tos)
         return decision, message, notices, settled
 
     async def _decide_then_accept(
@@ -394,6 +403,8 @@ class Pipeline:
             Verdict.HOLD: MessageState.HELD,
             Verdict.REJECT: MessageState.REJECTED,
         }[verdict]
+        if state is MessageState.QUEUED and not self.spool_forwarded:
+            state = MessageState.DONE
         message = NewMessage(
             id=message_id,
             created_at=now,
@@ -401,7 +412,7 @@ class Pipeline:
             mail_from=envelope.mail_from,
             recipients=envelope.rcpt_tos,
             # A refused message is not kept: only its envelope and findings.
-            raw=None if verdict is Verdict.REJECT else raw,
+            raw=None if state in (MessageState.REJECTED, MessageState.DONE) else raw,
             size=len(raw),
             verdict=verdict.value,
             state=state,

@@ -5,7 +5,11 @@ between three targets, in one invocation:
 - `postfix`: a private Postfix instance from Debian on a loopback port,
   `relayhost = [127.0.0.1]:<sink>` (skipped with a message when not installed);
 - `apiguard`: `python -m apiguard serve` with its full default charter and its
-  durable store, relaying to the sink.
+  durable store, relaying to the sink;
+- `postfix+milter`: the same private Postfix with `apiguard milter` in
+  `smtpd_milters` (the charter inside the mail server); its CPU and memory are
+  Postfix's and the milter's together, and `milter/postfix` is its ratio to
+  plain Postfix (`--targets postfix postfix+milter`).
 
 Scenarios: `small` (3 KB HPRIM letter), `pdf` (200 KB letter with a PDF), and
 `big` (10 connections × one 10 MB message, while one more connection sends
@@ -181,6 +185,10 @@ class Target:
     def log_lines(self) -> list[str]:
         return []
 
+    def extra_roots(self) -> list[int]:
+        """Other process trees whose CPU and memory count for this target."""
+        return []
+
 
 class SinkProcess(Target):
     """The bench sink in its own process; also the `direct` target."""
@@ -217,6 +225,7 @@ class PostfixTarget(Target):
         self.port = free_port()
         self.dir = workdir / "postfix"
         self.sink_port = sink_port
+        self.main_cf_extra = ""
 
     @staticmethod
     def available() -> bool:
@@ -246,6 +255,7 @@ alias_database =
 local_recipient_maps =
 biff = no
 """
+            + self.main_cf_extra
         )
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
@@ -294,6 +304,52 @@ biff = no
         return []
 
 
+class PostfixMilterTarget(PostfixTarget):
+    """The private Postfix with `apiguard milter` in its smtpd: forwarded
+    letters are queued and delivered by Postfix, judged by apiguard at the end
+    of DATA."""
+
+    name = "postfix+milter"
+
+    def __init__(self, workdir: Path, sink_port: int, settings: dict[str, Any]) -> None:
+        super().__init__(workdir / "with-milter", sink_port)
+        self.workdir = workdir
+        self.milter_port = free_port()
+        self.main_cf_extra = (
+            f"smtpd_milters = inet:127.0.0.1:{self.milter_port}\n"
+            "milter_protocol = 6\nmilter_default_action = tempfail\n"
+        )
+        self.milter = ApiguardTarget(
+            workdir / "milter",
+            sink_port,
+            {
+                "milter.socket": f"inet:127.0.0.1:{self.milter_port}",
+                "milter.reinject": f"smtp:127.0.0.1:{self.port}",
+                "ops.enabled": False,
+                **settings,
+            },
+            command="milter",
+            port=self.milter_port,
+        )
+
+    async def start(self) -> None:
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)  # Postfix's daemons reach into it
+        await self.milter.start()
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.milter.stop()
+
+    def extra_roots(self) -> list[int]:
+        pid = self.milter.root_pid()
+        return [pid] if pid else []
+
+    def log_lines(self) -> list[str]:
+        return self.milter.log_lines()
+
+
 def bench_rule_overrides() -> dict[str, dict[str, Any]]:
     """High thresholds for rate / fan-out / duplicate rules, which a benchmark
     (thousands of letters from one sender in seconds) would trip by design."""
@@ -326,9 +382,17 @@ class ApiguardTarget(Target):
     name = "apiguard"
 
     def __init__(
-        self, workdir: Path, sink_port: int, settings: dict[str, Any], profile: Path | None = None
+        self,
+        workdir: Path,
+        sink_port: int,
+        settings: dict[str, Any],
+        profile: Path | None = None,
+        *,
+        command: str = "serve",
+        port: int = 0,
     ) -> None:
-        self.port = free_port()
+        self.command = command
+        self.port = port or free_port()
         self.dir = workdir / "apiguard"
         self.sink_port = sink_port
         self.extra = settings
@@ -348,6 +412,8 @@ class ApiguardTarget(Target):
         }
         if "ops" in Settings.model_fields:
             sections["ops"] = {"port": 0}  # its default port may be taken
+        if self.command == "milter":
+            del sections["smtp"], sections["relay"]
         for key, value in self.extra.items():
             section, name = key.split(".", 1)
             sections.setdefault(section, {})[name] = value
@@ -365,7 +431,7 @@ class ApiguardTarget(Target):
         self._write_config()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "apiguard", "serve", "--config", str(self.config)],
+                [sys.executable, "-m", "apiguard", self.command, "--config", str(self.config)],
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -435,9 +501,10 @@ class Measurement:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-async def _sample_memory(root: int | None, peak: list[float], stop: asyncio.Event) -> None:
-    while not stop.is_set() and root is not None:
-        pss, rss = await asyncio.to_thread(memory_mb, root)
+async def _sample_memory(roots: list[int], peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set() and roots:
+        trees = [await asyncio.to_thread(memory_mb, root) for root in roots]
+        pss, rss = sum(t[0] for t in trees), max(t[1] for t in trees)
         peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
@@ -453,13 +520,14 @@ async def measure(
     factory: MessageFactory,
 ) -> Measurement:
     root = target.root_pid()
+    roots = [r for r in (root, *target.extra_roots()) if r]
     await read_stats(sink_port, reset=True)
     log_before = len(target.log_lines())
-    cpu_before = cpu_seconds(root) if root else 0.0
+    cpu_before = sum(cpu_seconds(r) for r in roots)
     threads_before = thread_ticks(root) if root and THREAD_SPLIT else {}
     peak = [0.0, 0.0]
     stop_sampling = asyncio.Event()
-    sampler = asyncio.create_task(_sample_memory(root, peak, stop_sampling))
+    sampler = asyncio.create_task(_sample_memory(roots, peak, stop_sampling))
     side: LoadResult | None = None
     if kind == "big":
         stop_side = asyncio.Event()
@@ -500,7 +568,7 @@ async def measure(
             last_progress, last_count = time.monotonic(), stats.count
     stop_sampling.set()
     await sampler
-    cpu = (cpu_seconds(root) - cpu_before) if root else 0.0
+    cpu = sum(cpu_seconds(r) for r in roots) - cpu_before
     if root and THREAD_SPLIT:
         print(f"  CPU by thread, {target.name}:")
         print_thread_split(threads_before, root, result.accepted + (side.accepted if side else 0))
@@ -600,6 +668,15 @@ def print_table(title: str, results: dict[str, list[Measurement]], big: bool) ->
             row += f"{cell:>14}"
         print(row)
         print(paired_ratios(results["apiguard"], results["postfix"], columns))
+    if "postfix+milter" in results and "postfix" in results:
+        row = f"{'milter/postfix':<16}"
+        for _, attribute, _ in columns:
+            ours = median_of(results["postfix+milter"], attribute)
+            theirs = median_of(results["postfix"], attribute)
+            cell = f"{ours / theirs:.2f}" if theirs else "-"
+            row += f"{cell:>14}"
+        print(row)
+        print(paired_ratios(results["postfix+milter"], results["postfix"], columns))
     for target, runs in results.items():
         for m in runs:
             if m.refused or m.errors or m.accepted < m.sent:
@@ -699,6 +776,11 @@ async def main_async(args: argparse.Namespace) -> None:
             targets.append(PostfixTarget(workdir, sink.port))
         else:
             print("postfix: not installed (apt-get install postfix): skipped")
+    if "postfix+milter" in args.targets:
+        if PostfixTarget.available():
+            targets.append(PostfixMilterTarget(workdir, sink.port, parse_sets(args.set)))
+        else:
+            print("postfix+milter: Postfix not installed (apt-get install postfix): skipped")
     apiguard = None
     if "apiguard" in args.targets:
         apiguard = ApiguardTarget(workdir, sink.port, parse_sets(args.set))
@@ -786,7 +868,7 @@ def main() -> None:
     parser.add_argument(
         "--targets",
         nargs="+",
-        choices=("direct", "postfix", "apiguard"),
+        choices=("direct", "postfix", "apiguard", "postfix+milter"),
         default=["direct", "postfix", "apiguard"],
     )
     parser.add_argument("-c", "--connections", type=int, default=10)

@@ -4,9 +4,9 @@ to ASCII because SMTP replies are 7-bit without SMTPUTF8."""
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from apiguard.policy.verdict import Finding
+from apiguard.policy.verdict import Finding, Verdict
 
 _MAX_TEXT = 400
 
@@ -25,6 +25,10 @@ class Reply:
     code: int
     status: str
     text: str
+    # Set by the pipeline on a decided message, for edges that act on the
+    # verdict rather than the code (the milter: 250 may mean forward or hold).
+    verdict: Verdict | None = field(default=None, compare=False)
+    message_id: str = field(default="", compare=False)
 
     @property
     def is_success(self) -> bool:

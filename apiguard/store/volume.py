@@ -485,6 +485,14 @@ class VolumeStore:
 
     # -- known correspondents ----------------------------------------------
 
+    def remember_forwarded_in(
+        self, db: sqlite3.Connection, message_id: str, recipients: Sequence[str]
+    ) -> None:
+        """Behind the milter the MTA delivers forwarded mail: its recipients
+        become known when it is forwarded (inside the accept transaction)."""
+        outcomes = [RecipientOutcome(r, RecipientState.DELIVERED, "") for r in recipients]
+        self._remember_delivered(db, message_id, outcomes)
+
     def _remember_delivered(
         self, db: sqlite3.Connection, message_id: str, outcomes: list[RecipientOutcome]
     ) -> None:
