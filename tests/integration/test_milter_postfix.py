@@ -107,7 +107,12 @@ async def test_a_sender_outside_the_recipient_domains_still_gets_the_notice(
     tmp_path: Path, sink: Sink
 ) -> None:
     secretariat = "secretariat@cabinet-exemple.fr"  # not an APICRYPT or MSSante address
-    async with postfix_with_milter(tmp_path, sink.port) as (postfix, _):
+    # The practice owns that domain: its senders may be told (notices go only to
+    # senders the practice owns), although no letter may be sent to it.
+    owned = (
+        '[charter]\nallowed_sender_domains = ["apicrypt.org", "mssante.fr", "cabinet-exemple.fr"]\n'
+    )
+    async with postfix_with_milter(tmp_path, sink.port, owned) as (postfix, _):
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await send(postfix.smtp_port, secretariat, [COLLEAGUE], ANNOUNCEMENT)
         await eventually(lambda: len(sink.handler.notices()) == 1, timeout=30)
