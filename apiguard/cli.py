@@ -112,7 +112,9 @@ def _settings(path: str | None) -> Settings:
 
 
 def _addresses(values: list[str]) -> list[str]:
-    return [addr for _, addr in email.utils.getaddresses(values) if addr]
+    """The addresses of decoded header values: a display name's own comma
+    ("Cécile Marchal, sage-femme <…>") gives a piece with no @, left out."""
+    return [addr for _, addr in email.utils.getaddresses(values) if "@" in addr]
 
 
 def check_message(

@@ -30,7 +30,7 @@ class CharterContext:
     """Charter-wide settings the rules share (domains, the clock)."""
 
     allowed_recipient_domains: tuple[str, ...] = ("apicrypt.org", "mssante.fr")
-    allowed_sender_domains: tuple[str, ...] = ()
+    allowed_sender_domains: tuple[str, ...] = ("apicrypt.org", "mssante.fr")
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     # The correspondents directory (apiguard.correspondents), loaded by app.py.
     directory: Any = None

@@ -84,14 +84,14 @@ def test_recipient_rules(recipient: str, rules: list[str]) -> None:
     assert all(f.recipient == recipient for f in findings)
 
 
-def test_sender_domain_applies_only_when_configured() -> None:
+def test_sender_domain_applies_by_default_and_an_empty_list_opens_it() -> None:
     from apiguard.policy.context import CharterContext
 
     raw = parse_message(b"From: x@gmail.com\r\n\r\nbody\r\n")
     envelope = Envelope("x@gmail.com", ("dr.durand@medical69.apicrypt.org",))
-    open_charter = Charter.build()
-    assert "sender.domain" not in [
-        f.rule for f in open_charter.check_message(envelope, raw).findings
+    default_charter = Charter.build()  # the secure-messaging domains, as in the config
+    assert "sender.domain" in [
+        f.rule for f in default_charter.check_message(envelope, raw).findings
     ]
-    closed = Charter.build(context=CharterContext(allowed_sender_domains=("apicrypt.org",)))
-    assert "sender.domain" in [f.rule for f in closed.check_message(envelope, raw).findings]
+    opened = Charter.build(context=CharterContext(allowed_sender_domains=()))
+    assert "sender.domain" not in [f.rule for f in opened.check_message(envelope, raw).findings]

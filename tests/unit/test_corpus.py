@@ -27,12 +27,15 @@ def envelope_for(row: dict[str, Any], message: ParsedMessage) -> Envelope:
     if "mail_from" in row:
         mail_from = str(row["mail_from"])
     else:
-        mail_from = getaddresses([message.header("From") or ""])[0][1]
+        # A display name's own comma ("Cécile Marchal, sage-femme <…>", decoded)
+        # gives a piece with no @: the sender is the first real address.
+        senders = [a for _, a in getaddresses([message.header("From") or ""]) if "@" in a]
+        mail_from = senders[0] if senders else ""
     if "rcpt_tos" in row:
         rcpt_tos = tuple(str(r) for r in row["rcpt_tos"])
     else:
         values = message.header_all("To") + message.header_all("Cc")
-        rcpt_tos = tuple(address for _, address in getaddresses(values) if address)
+        rcpt_tos = tuple(address for _, address in getaddresses(values) if "@" in address)
     return Envelope(mail_from, rcpt_tos)
 
 

@@ -71,9 +71,6 @@ MISSES: dict[str, str] = {
     "viol-63-hprim-sans-marqueurs-fin.eml": (
         "HPRIM header without ****FIN****/****FINFICHIER**** not recognised as HPRIM; forwarded"
     ),
-    "viol-70-expediteur-gmail.eml": (
-        "sender.domain is off by default (no allowed_sender_domains); forwarded"
-    ),
 }
 
 
