@@ -36,7 +36,7 @@ from apiguard.milter.protocol import (
     ProtocolError,
     ReplyCode,
 )
-from apiguard.milter.server import MilterServer, parse_socket
+from apiguard.milter.server import MilterServer, parse_socket, quick_ack
 from apiguard.milter.session import MilterSession, answer
 from apiguard.pipeline import Pipeline
 from apiguard.policy.verdict import Verdict
@@ -418,6 +418,32 @@ async def test_the_listener_negotiates_and_closes_on_garbage(pipeline: Pipeline)
         await server.stop(1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_the_listener_acknowledges_each_tcp_read_at_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postfix's next packet must not wait for a delayed ACK (see `quick_ack`)."""
+    acknowledged: list[int] = []
+
+    def recording(sock: socket.socket) -> None:
+        acknowledged.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE))
+        quick_ack(sock)
+
+    monkeypatch.setattr("apiguard.milter.server.quick_ack", recording)
+    server = MilterServer("inet:127.0.0.1:0", lambda: session_for(pipeline), timeout=5)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(protocol.packet(b"O", POSTFIX_OFFER))
+        await writer.drain()
+        length = protocol.split_length(await reader.readexactly(4))
+        await reader.readexactly(length)
+        # The read that brought the negotiation was acknowledged before the answer.
+        assert acknowledged == [socket.SOCK_STREAM]
+        writer.close()
+    finally:
+        await server.stop(1)
 
 
 async def test_the_listener_serves_a_unix_socket_for_postfix_only(
