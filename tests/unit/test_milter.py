@@ -46,6 +46,7 @@ from apiguard.store.base import MessageKind
 from apiguard.store.sqlite import SqliteStore
 from apiguard.store.volume import VolumeStore
 from tests.support import letter
+from tests.unit.test_store_durability import barriers
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -281,6 +282,8 @@ async def test_a_forwarded_letter_continues_and_only_its_decision_is_kept(
     # Its recipient is now a known correspondent (recipient.lookalike's memory).
     assert pipeline.volume is not None
     assert pipeline.volume.known_addresses() == [COLLEAGUE]
+    # Recorded without an fsync of its own: Postfix keeps the letter.
+    assert barriers(pipeline.store.sync) == 0
 
 
 async def test_a_held_letter_is_stored_whole_then_discarded(pipeline: Pipeline) -> None:
@@ -292,6 +295,27 @@ async def test_a_held_letter_is_stored_whole_then_discarded(pipeline: Pipeline) 
     assert raw.startswith(b"Received: from poste.cabinet.test ([127.0.0.1])")
     assert raw.endswith(NO_PATIENT)
     assert message_id.encode() in raw
+    # On disk before the DISCARD: the content rules hold it, so its accept was
+    # durable itself (no barrier needed after it).
+    assert barriers(pipeline.store.sync) == 0
+
+
+async def test_a_letter_held_by_the_live_counts_is_on_disk_before_the_discard(
+    tmp_path: Path,
+) -> None:
+    """The content rules forward it, the rate rule (read in the store's
+    transaction) holds it: the commit that was not durable is followed by a
+    sync barrier before Postfix hears DISCARD."""
+    rate = {"rules": {"art2.rate": {"per_10min": 2}}}
+    async with running_pipeline(tmp_path, charter=rate) as pipeline:
+        for number in (1, 2):
+            _, final = await converse(session_for(pipeline), letter(number))
+            assert final == [protocol.CONTINUE]
+        assert barriers(pipeline.store.sync) == 0
+        _, final = await converse(session_for(pipeline), letter(3))
+        assert final == [protocol.DISCARD]
+        assert barriers(pipeline.store.sync) == 1
+        assert [state for _, state, _ in stored(pipeline)].count("held") == 1
 
 
 async def test_an_announcement_is_refused_with_the_proxys_text(pipeline: Pipeline) -> None:
