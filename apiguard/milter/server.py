@@ -32,13 +32,14 @@ def quick_ack(sock: socket.socket) -> None:
     the ACK could ride on; Postfix's next small packet then waits for that
     ACK behind Nagle's algorithm (Postfix does not set TCP_NODELAY on milter
     connections): measured, 42 ms per letter between DATA and the headers.
-    Linux resets quick-ack mode by itself, hence a call after every read."""
+    Called after each read that apiguard answers nothing to (an answer
+    carries the ACK itself): Linux leaves quick-ack mode by itself."""
     with contextlib.suppress(OSError):  # a speed-up only: never ends a session
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 def _acknowledger(writer: asyncio.StreamWriter) -> Callable[[], None]:
-    """What to call after each read: `quick_ack` on TCP (Linux), nothing on
+    """What to call after a read left unanswered: `quick_ack` on TCP (Linux), nothing on
     a unix socket (no delayed ACK there)."""
     sock = writer.get_extra_info("socket")
     inet = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -158,7 +159,6 @@ class MilterServer:
             chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.timeout)
             if not chunk:
                 return
-            acknowledge()
             buffer += chunk
             answers: list[bytes] = []
             offset, quit_ = 0, False
@@ -175,8 +175,10 @@ class MilterServer:
                 answers.extend(a.encode() for a in await self._answer(session, command, data))
             del buffer[:offset]
             if answers:
-                writer.write(b"".join(answers))
+                writer.write(b"".join(answers))  # it carries the ACK
                 await writer.drain()
+            else:
+                acknowledge()
             if quit_:
                 return
 
