@@ -89,6 +89,19 @@ def evaluate(
     return parsed, judge(charter, envelope, parsed, now or datetime.now(UTC), volume)
 
 
+def needs_disk(decided: Decided) -> bool:
+    """Must this accept be durable before the MTA hears the verdict? Behind
+    the milter a forwarded letter stays in the MTA's queue, which delivers it:
+    apiguard keeps only records of it (the decision, the volume counts, a
+    known correspondent), committed with the others but without an fsync of
+    their own (they survive a crash of apiguard, and at worst a power cut
+    loses the last ones, never a letter). Held and refused mail, notices and
+    circuit alerts are on disk before the MTA is told to discard its copy."""
+    _, message, notices, settled = decided
+    opened = isinstance(settled, SettleOutcome) and settled.circuit_opened
+    return message.state is not MessageState.DONE or bool(notices) or opened
+
+
 class Pipeline:
     """Receives one message from the SMTP edge and returns the reply to give."""
 
@@ -159,7 +172,14 @@ class Pipeline:
                         stored_raw=stored_raw,
                         now=now,
                     ),
-                    durable=True,
+                    # Behind the milter, what forwarded letters leave here is
+                    # not worth an fsync each: see `needs_disk` (a letter the
+                    # content rules do not forward is known to need one).
+                    durable=(
+                        True
+                        if self.spool_forwarded or content.verdict is not Verdict.FORWARD
+                        else needs_disk
+                    ),
                 )
             except StoreError as error:
                 log.error("smtp.store_failed", message_id=message_id, error=str(error)[:200])

@@ -81,6 +81,14 @@ async def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on port {port} after {timeout:.0f} s")
 
 
+async def wait_path(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no socket at {path} after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 # -- /proc ---------------------------------------------------------------------
 
 
@@ -311,19 +319,26 @@ class PostfixMilterTarget(PostfixTarget):
 
     name = "postfix+milter"
 
-    def __init__(self, workdir: Path, sink_port: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, sink_port: int, settings: dict[str, Any], *, socket_kind: str = "inet"
+    ) -> None:
         super().__init__(workdir / "with-milter", sink_port)
         self.workdir = workdir
         self.milter_port = free_port()
+        # `--milter-socket unix`: a unix socket in the work directory (Postfix's
+        # smtpd is not chrooted here), else TCP on loopback.
+        self.socket_path = workdir / "milter.sock" if socket_kind == "unix" else None
+        spec = (
+            f"unix:{self.socket_path}" if self.socket_path else f"inet:127.0.0.1:{self.milter_port}"
+        )
         self.main_cf_extra = (
-            f"smtpd_milters = inet:127.0.0.1:{self.milter_port}\n"
-            "milter_protocol = 6\nmilter_default_action = tempfail\n"
+            f"smtpd_milters = {spec}\nmilter_protocol = 6\nmilter_default_action = tempfail\n"
         )
         self.milter = ApiguardTarget(
             workdir / "milter",
             sink_port,
             {
-                "milter.socket": f"inet:127.0.0.1:{self.milter_port}",
+                "milter.socket": spec,
                 "milter.reinject": f"smtp:127.0.0.1:{self.port}",
                 "ops.enabled": False,
                 **settings,
@@ -336,6 +351,9 @@ class PostfixMilterTarget(PostfixTarget):
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)  # Postfix's daemons reach into it
         await self.milter.start()
+        if self.socket_path is not None:
+            # Mode 0660: Postfix's smtpd connects as a member of the group.
+            shutil.chown(self.socket_path, group="postfix")
         await super().start()
 
     async def stop(self) -> None:
@@ -436,7 +454,11 @@ class ApiguardTarget(Target):
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        await wait_port(self.port)
+        socket_path = self.extra.get("milter.socket", "").partition("unix:")[2]
+        if socket_path:
+            await wait_path(Path(socket_path))
+        else:
+            await wait_port(self.port)
         if self.profile is not None:
             self.spy = subprocess.Popen(
                 [
@@ -524,7 +546,8 @@ async def measure(
     await read_stats(sink_port, reset=True)
     log_before = len(target.log_lines())
     cpu_before = sum(cpu_seconds(r) for r in roots)
-    threads_before = thread_ticks(root) if root and THREAD_SPLIT else {}
+    # With the milter: Postfix's busiest threads, then apiguard's.
+    threads_before = [thread_ticks(r) for r in roots] if THREAD_SPLIT else []
     peak = [0.0, 0.0]
     stop_sampling = asyncio.Event()
     sampler = asyncio.create_task(_sample_memory(roots, peak, stop_sampling))
@@ -571,7 +594,8 @@ async def measure(
     cpu = sum(cpu_seconds(r) for r in roots) - cpu_before
     if root and THREAD_SPLIT:
         print(f"  CPU by thread, {target.name}:")
-        print_thread_split(threads_before, root, result.accepted + (side.accepted if side else 0))
+        for before, tree in zip(threads_before, roots, strict=True):
+            print_thread_split(before, tree, result.accepted + (side.accepted if side else 0))
     started = min(result.started, side.started) if side else result.started
     delivered_span = stats.last - started if stats.count else 0.0
     new_log = target.log_lines()[log_before:]
@@ -778,7 +802,11 @@ async def main_async(args: argparse.Namespace) -> None:
             print("postfix: not installed (apt-get install postfix): skipped")
     if "postfix+milter" in args.targets:
         if PostfixTarget.available():
-            targets.append(PostfixMilterTarget(workdir, sink.port, parse_sets(args.set)))
+            targets.append(
+                PostfixMilterTarget(
+                    workdir, sink.port, parse_sets(args.set), socket_kind=args.milter_socket
+                )
+            )
         else:
             print("postfix+milter: Postfix not installed (apt-get install postfix): skipped")
     apiguard = None
@@ -882,6 +910,12 @@ def main() -> None:
     )
     parser.add_argument("--big-count", type=int, default=1, help="10 MB messages per connection")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--milter-socket",
+        choices=("inet", "unix"),
+        default="inet",
+        help="how Postfix reaches apiguard milter (postfix+milter)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile apiguard (py-spy)")
     parser.add_argument("--threads", action="store_true", help="print the CPU of each thread")
     parser.add_argument(

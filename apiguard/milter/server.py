@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,29 @@ log = structlog.get_logger("apiguard.milter")
 # One read takes every packet Postfix has sent (a message's headers and body
 # chunks arrive without waiting for answers).
 READ_SIZE = 256 * 1024
+
+
+def quick_ack(sock: socket.socket) -> None:
+    """Acknowledge what was just read at once rather than after the kernel's
+    delayed-ACK timer (40 ms on Linux). Postfix sends most stages without
+    waiting for an answer, so apiguard often has nothing to send back that
+    the ACK could ride on; Postfix's next small packet then waits for that
+    ACK behind Nagle's algorithm (Postfix does not set TCP_NODELAY on milter
+    connections): measured, 42 ms per letter between DATA and the headers.
+    Called after each read that apiguard answers nothing to (an answer
+    carries the ACK itself): Linux leaves quick-ack mode by itself."""
+    with contextlib.suppress(OSError):  # a speed-up only: never ends a session
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
+def _acknowledger(writer: asyncio.StreamWriter) -> Callable[[], None]:
+    """What to call after a read left unanswered: `quick_ack` on TCP (Linux), nothing on
+    a unix socket (no delayed ACK there)."""
+    sock = writer.get_extra_info("socket")
+    inet = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+    if not inet or not hasattr(socket, "TCP_QUICKACK"):
+        return lambda: None
+    return lambda: quick_ack(sock)
 
 
 def parse_socket(spec: str) -> tuple[str, str, int]:
@@ -130,6 +154,7 @@ class MilterServer:
         """Postfix sends the stages it does not wait for in bursts: read what
         has come, answer every whole packet in it, write the answers at once."""
         buffer = bytearray()
+        acknowledge = _acknowledger(writer)
         while True:
             chunk = await asyncio.wait_for(reader.read(READ_SIZE), self.timeout)
             if not chunk:
@@ -150,8 +175,10 @@ class MilterServer:
                 answers.extend(a.encode() for a in await self._answer(session, command, data))
             del buffer[:offset]
             if answers:
-                writer.write(b"".join(answers))
+                writer.write(b"".join(answers))  # it carries the ACK
                 await writer.drain()
+            else:
+                acknowledge()
             if quit_:
                 return
 

@@ -126,9 +126,15 @@ class AsyncStore:
         # runs shares the next one (and its one fsync), whatever its kind.
         self._writes: _Batcher[WriteOp] = _Batcher(self, store.write_many)
 
-    async def write(self, operation: Callable[[sqlite3.Connection], T], *, durable: bool) -> T:
+    async def write(
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool | Callable[[T], bool],
+    ) -> T:
         """Run `operation` inside a shared write transaction; returns its result
-        once that transaction has committed (durably, when `durable`)."""
+        once that transaction has committed (durably, when `durable` is True or
+        says so of the result: the write is then on disk before it returns)."""
         result: T = await self._writes.submit((operation, durable))
         return result
 

@@ -101,6 +101,10 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_message ON delivery_attempts(message_id, seq);
+CREATE TABLE IF NOT EXISTS sync_barrier (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    commits INTEGER NOT NULL
+);
 """
 
 T = TypeVar("T")
@@ -131,6 +135,13 @@ SPOOL_SIZE = 1024 * 1024
 RECENT_BYTES = 16 * 1024 * 1024
 
 
+def _wanted_on_disk(batch: Sequence[WriteOp], results: Sequence[Any]) -> bool:
+    """Does any operation whose durability depends on its result want it?"""
+    return any(
+        callable(wants) and wants(result) for (_, wants), result in zip(batch, results, strict=True)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class WriteFailed:
     """`write_many`'s result for an operation that failed on its own."""
@@ -139,8 +150,11 @@ class WriteFailed:
 
 
 # A write for `SqliteStore.write_many`: an operation run inside the shared
-# transaction, and whether it needs the transaction to be durable.
-WriteOp = tuple[Callable[[sqlite3.Connection], Any], bool]
+# transaction, and whether it needs the transaction to be durable: always
+# (True), never (False), or as its result says (a function of the result: a
+# write whose durability depends on what it decided inside the transaction).
+Durability = bool | Callable[[Any], bool]
+WriteOp = tuple[Callable[[sqlite3.Connection], Any], Durability]
 
 
 def secure_directory(path: Path) -> None:
@@ -476,26 +490,46 @@ class SqliteStore:
     def write_many(self, batch: Sequence[WriteOp]) -> list[Any]:
         """Group commit of unrelated writes (accepts, completions, volume
         reservations, claims): one transaction for all, in order, durable (one
-        fsync) when any of them must be; each operation's result in order.
+        fsync) when any of them must be; each operation's result in order. An
+        operation durable by its result (see `WriteOp`) that wants it after a
+        transaction that was not durable gets a `sync_barrier` before any
+        result is returned.
         When the shared transaction fails, each operation is run again in a
         transaction of its own, so that only the failing ones fail (their
         result is then a `WriteFailed`)."""
+        durable = any(wants is True for _, wants in batch)
         try:
-            with self._transaction(durable=any(durable for _, durable in batch)) as db:
-                return [operation(db) for operation, _ in batch]
+            with self._transaction(durable=durable) as db:
+                results = [operation(db) for operation, _ in batch]
         except Exception:
             if len(batch) == 1:
                 raise
-        results: list[Any] = []
-        for operation, durable in batch:
+        else:
+            if not durable and _wanted_on_disk(batch, results):
+                self.sync_barrier()  # a failure fails them all, as the COMMIT's would
+            return results
+        results = []
+        for operation, wants in batch:
             try:
-                with self._transaction(durable=durable) as db:
+                with self._transaction(durable=wants is True) as db:
                     result = operation(db)
+                if wants is not True and _wanted_on_disk([(operation, wants)], [result]):
+                    self.sync_barrier()
             except Exception as error:  # the operation, its sync or its COMMIT
                 results.append(WriteFailed(error))
             else:
                 results.append(result)
         return results
+
+    def sync_barrier(self) -> None:
+        """Carry every commit made so far to disk: a durable commit of a real
+        change (an empty or unchanged transaction commits, and syncs, nothing),
+        the WAL being written and synced in order. Raises StoreError."""
+        with self._transaction(durable=True) as db:
+            db.execute(
+                "INSERT INTO sync_barrier (id, commits) VALUES (1, 1)"
+                " ON CONFLICT (id) DO UPDATE SET commits = commits + 1"
+            )
 
     def claim_due(self, now: float, limit: int, lease: float = DEFAULT_LEASE) -> list[DeliveryJob]:
         """Mark due recipients as sending, for `lease` seconds, and return them

@@ -36,7 +36,7 @@ from apiguard.milter.protocol import (
     ProtocolError,
     ReplyCode,
 )
-from apiguard.milter.server import MilterServer, parse_socket
+from apiguard.milter.server import MilterServer, parse_socket, quick_ack
 from apiguard.milter.session import MilterSession, answer
 from apiguard.pipeline import Pipeline
 from apiguard.policy.verdict import Verdict
@@ -46,6 +46,7 @@ from apiguard.store.base import MessageKind
 from apiguard.store.sqlite import SqliteStore
 from apiguard.store.volume import VolumeStore
 from tests.support import letter
+from tests.unit.test_store_durability import barriers
 
 SENDER = "dr.martin@medical13.apicrypt.org"
 COLLEAGUE = "dr.durand@medical69.apicrypt.org"
@@ -281,6 +282,8 @@ async def test_a_forwarded_letter_continues_and_only_its_decision_is_kept(
     # Its recipient is now a known correspondent (recipient.lookalike's memory).
     assert pipeline.volume is not None
     assert pipeline.volume.known_addresses() == [COLLEAGUE]
+    # Recorded without an fsync of its own: Postfix keeps the letter.
+    assert barriers(pipeline.store.sync) == 0
 
 
 async def test_a_held_letter_is_stored_whole_then_discarded(pipeline: Pipeline) -> None:
@@ -292,6 +295,27 @@ async def test_a_held_letter_is_stored_whole_then_discarded(pipeline: Pipeline) 
     assert raw.startswith(b"Received: from poste.cabinet.test ([127.0.0.1])")
     assert raw.endswith(NO_PATIENT)
     assert message_id.encode() in raw
+    # On disk before the DISCARD: the content rules hold it, so its accept was
+    # durable itself (no barrier needed after it).
+    assert barriers(pipeline.store.sync) == 0
+
+
+async def test_a_letter_held_by_the_live_counts_is_on_disk_before_the_discard(
+    tmp_path: Path,
+) -> None:
+    """The content rules forward it, the rate rule (read in the store's
+    transaction) holds it: the commit that was not durable is followed by a
+    sync barrier before Postfix hears DISCARD."""
+    rate = {"rules": {"art2.rate": {"per_10min": 2}}}
+    async with running_pipeline(tmp_path, charter=rate) as pipeline:
+        for number in (1, 2):
+            _, final = await converse(session_for(pipeline), letter(number))
+            assert final == [protocol.CONTINUE]
+        assert barriers(pipeline.store.sync) == 0
+        _, final = await converse(session_for(pipeline), letter(3))
+        assert final == [protocol.DISCARD]
+        assert barriers(pipeline.store.sync) == 1
+        assert [state for _, state, _ in stored(pipeline)].count("held") == 1
 
 
 async def test_an_announcement_is_refused_with_the_proxys_text(pipeline: Pipeline) -> None:
@@ -418,6 +442,41 @@ async def test_the_listener_negotiates_and_closes_on_garbage(pipeline: Pipeline)
         await server.stop(1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_the_listener_acknowledges_an_unanswered_tcp_read_at_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postfix's next packet must not wait for a delayed ACK (see `quick_ack`)."""
+    acknowledged: list[int] = []
+
+    def recording(sock: socket.socket) -> None:
+        acknowledged.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE))
+        quick_ack(sock)
+
+    monkeypatch.setattr("apiguard.milter.server.quick_ack", recording)
+    server = MilterServer("inet:127.0.0.1:0", lambda: session_for(pipeline), timeout=5)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(protocol.packet(b"O", POSTFIX_OFFER))
+        await writer.drain()
+        length = protocol.split_length(await reader.readexactly(4))
+        await reader.readexactly(length)
+        # The negotiation's answer carried the ACK: no quick ACK needed.
+        assert acknowledged == []
+        # A stage apiguard does not answer (CONNECT, no reply negotiated) is
+        # acknowledged at once.
+        writer.write(protocol.packet(b"C", b"localhost\x004\x00\x19127.0.0.1\x00"))
+        await writer.drain()
+        for _ in range(200):
+            if acknowledged:
+                break
+            await asyncio.sleep(0.01)
+        assert acknowledged == [socket.SOCK_STREAM]
+        writer.close()
+    finally:
+        await server.stop(1)
 
 
 async def test_the_listener_serves_a_unix_socket_for_postfix_only(
