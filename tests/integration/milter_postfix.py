@@ -13,169 +13,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
+from tests.integration.postfix_support import PostfixInstance, port_open, require_programs
 from tests.support import free_port
 
-_MAIN_CF = """\
-compatibility_level = 3.6
-config_directory = {root}/etc
-queue_directory = {root}/queue
-data_directory = {root}/data
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mta.milter.test
-mydomain = milter.test
-myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{sink_port}
-alias_maps =
-alias_database =
-local_recipient_maps =
-biff = no
-smtp_tls_security_level = none
-smtp_connection_cache_on_demand = no
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-# What README "Inside Postfix" recommends.
-smtpd_milters = inet:127.0.0.1:{milter_port}
-non_smtpd_milters = inet:127.0.0.1:{milter_port}
-milter_protocol = 6
-milter_default_action = tempfail
-milter_connect_timeout = 5s
-milter_command_timeout = 30s
-milter_content_timeout = 60s
-"""
 
-_MASTER_CF = """\
-127.0.0.1:{smtp_port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
-
-
-def require_postfix() -> None:
-    """Skip on a developer machine without Postfix or root; fail in CI."""
-    reason = ""
-    if shutil.which("postfix") is None:
-        reason = "Postfix is not installed (apt-get install postfix)"
-    elif os.geteuid() != 0:
-        reason = "a private Postfix instance must be started as root"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs it", pytrace=False)
-        pytest.skip(reason)
-
-
-def port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def milter_postfix(sink_port: int, milter_port: int) -> MilterPostfix:
+    """A private Postfix (`tests.integration.postfix_support`) whose smtpd runs
+    `apiguard milter` with the settings the README recommends, relaying to the sink."""
+    milter = f"inet:127.0.0.1:{milter_port}"
+    settings = {
+        "myhostname": "mta.milter.test",
+        "mydomain": "milter.test",
+        "relayhost": f"[127.0.0.1]:{sink_port}",
+        # What README "Inside Postfix" recommends.
+        "smtpd_milters": milter,
+        "non_smtpd_milters": milter,
+        "milter_protocol": "6",
+        "milter_default_action": "tempfail",
+        "milter_connect_timeout": "5s",
+        "milter_command_timeout": "30s",
+        "milter_content_timeout": "60s",
+    }
+    return MilterPostfix("milter", settings, {free_port(): {}})
 
 
 @dataclass
-class PrivatePostfix:
-    """One Postfix instance: smtpd on `smtp_port`, the milter at
-    `milter_port`, everything relayed to the sink."""
-
-    sink_port: int
-    milter_port: int
-    smtp_port: int = field(default_factory=free_port)
-    root: Path = field(
-        default_factory=lambda: Path(tempfile.mkdtemp(prefix="apiguard-milter-postfix-"))
-    )
+class MilterPostfix(PostfixInstance):
+    """The instance with its one smtpd listener."""
 
     @property
-    def config_directory(self) -> Path:
-        return self.root / "etc"
-
-    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(command)}: {result.stdout}{result.stderr}\n{self.log()[-3000:]}"
-            )
-        return result
-
-    def start(self) -> None:
-        self.root.chmod(0o755)  # Postfix's daemons, as `postfix`, reach into it
-        for directory in ("etc", "queue", "data"):
-            (self.root / directory).mkdir(exist_ok=True)
-        shutil.chown(self.root / "data", user="postfix")
-        values = {
-            "root": self.root,
-            "sink_port": self.sink_port,
-            "milter_port": self.milter_port,
-            "smtp_port": self.smtp_port,
-        }
-        (self.config_directory / "main.cf").write_text(_MAIN_CF.format(**values))
-        (self.config_directory / "master.cf").write_text(_MASTER_CF.format(**values))
-        self._run("postfix", "-c", str(self.config_directory), "check")
-        self._run("postfix", "-c", str(self.config_directory), "start")
-        deadline = time.monotonic() + 20
-        while not port_open(self.smtp_port):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Postfix is not listening:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._run("postfix", "-c", str(self.config_directory), "stop", check=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and port_open(self.smtp_port):
-            time.sleep(0.05)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def log(self) -> str:
-        try:
-            return (self.root / "maillog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def queue(self) -> list[dict[str, object]]:
-        """What Postfix still holds (`postqueue -j`)."""
-        result = self._run("postqueue", "-c", str(self.config_directory), "-j")
-        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-    def flush(self) -> None:
-        self._run("postqueue", "-c", str(self.config_directory), "-f")
+    def smtp_port(self) -> int:
+        return next(iter(self.listeners))
 
 
 def milter_config(
@@ -261,12 +136,12 @@ class MilterProcess:
 @contextlib.asynccontextmanager
 async def postfix_with_milter(
     directory: Path, sink_port: int, more_config: str = ""
-) -> AsyncIterator[tuple[PrivatePostfix, MilterProcess]]:
+) -> AsyncIterator[tuple[MilterPostfix, MilterProcess]]:
     """A private Postfix whose smtpd runs `apiguard milter`, both stopped at the
     end; `more_config` is appended to apiguard's TOML."""
-    require_postfix()
+    require_programs("postfix")
     milter_port = free_port()
-    postfix = PrivatePostfix(sink_port=sink_port, milter_port=milter_port)
+    postfix = milter_postfix(sink_port, milter_port)
     ops_port = free_port()
     config = milter_config(directory, milter_port, postfix.smtp_port, ops_port, more_config)
     milter = MilterProcess(config, milter_port, ops_port)
@@ -277,5 +152,6 @@ async def postfix_with_milter(
             yield postfix, milter
         finally:
             await asyncio.to_thread(postfix.stop)
+            postfix.remove()
     finally:
         await milter.stop()
