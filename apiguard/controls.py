@@ -24,6 +24,9 @@ _TERMINAL_SEQUENCES = re.compile(
     r"|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # 8-bit OSC
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 )
+# For one-line fields (`apiguard queue`): C0 and C1 controls, DEL, and the
+# bidirectional overrides that reorder what a terminal shows.
+_FIELD_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def has_control(address: str) -> bool:
@@ -35,3 +38,9 @@ def terminal_safe(text: str) -> str:
     """`text` without terminal escape sequences and control characters (newline
     and tab kept; a carriage return is dropped, so a line cannot overwrite itself)."""
     return _TERMINAL_SEQUENCES.sub("", text)
+
+
+def printable(text: str) -> str:
+    """A one-line field without terminal control characters (each becomes '?',
+    so that what was there stays visible)."""
+    return _FIELD_CONTROLS.sub("?", text)

@@ -14,7 +14,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,21 +21,14 @@ from typing import Any
 
 from apiguard.cli import UsageError
 from apiguard.config import load_settings
+from apiguard.controls import printable
 from apiguard.review.queue import QueueChange, QueuedMessage, QueueOutcome, QueueService
 from apiguard.store.base import RecipientRow, RecipientState, StoredMessage, StoreError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 
-# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what
-# a terminal shows.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _WAITING = (RecipientState.QUEUED, RecipientState.DEFERRED)
-
-
-def printable(text: str) -> str:
-    """`text` without terminal control characters (each becomes '?')."""
-    return _CONTROLS.sub("?", text)
 
 
 def _default_actor() -> str:
